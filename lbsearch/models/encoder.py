@@ -1,0 +1,87 @@
+"""`Encoder`: one LanguageBind checkpoint ready for inference (its modality tower + the language tower)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lbsearch.models.config import ModelConfig
+from lbsearch.models.towers import TextTower, VisionTower
+from lbsearch.preprocess import PreprocessSettings, preprocessor_for
+from lbsearch.tokenizer import tokenize
+
+
+class Encoder:
+    """Embeds media of one modality and text into the shared space.
+
+    Embeddings come out L2-normalised, float32, on the CPU. The temperature ``exp(logit_scale)`` is kept apart
+    (``temperature``) and never folded into vectors, so stored vectors stay plain cosines.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        vision: VisionTower,
+        text: TextTower,
+        logit_scale: float,
+        source: str = "",
+        weights_hash: str = "",
+        text_hash: str = "",
+    ):
+        self.config = config
+        self.modality = config.modality
+        self.vision = vision.eval()
+        self.text = text.eval()
+        self.logit_scale = float(logit_scale)
+        self.source = source
+        self.weights_hash = weights_hash
+        self.text_hash = text_hash
+        self.preprocessor = preprocessor_for(self.modality, PreprocessSettings.from_vision_config(config.vision))
+
+    @property
+    def dim(self) -> int:
+        return self.config.projection_dim
+
+    @property
+    def temperature(self) -> float:
+        return float(torch.tensor(self.logit_scale).exp())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vision.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.vision.parameters()).dtype
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Encoder:
+        self.vision.to(device=device, dtype=dtype)
+        self.text.to(device=device, dtype=dtype)
+        return self
+
+    def preprocess(self, path: str | Path, start: float | None = None, end: float | None = None) -> torch.Tensor:
+        """One file (optionally a time window of it) -> the model input the official processor gives."""
+        return self.preprocessor(path, start=start, end=end)
+
+    def encode(self, batch: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """``[B, ...]`` preprocessed inputs -> ``[B, D]`` L2-normalised embeddings."""
+        return self._run(self.vision, batch, batch_size)
+
+    def encode_text(self, texts: str | Sequence[str], batch_size: int | None = None) -> torch.Tensor:
+        """Texts -> ``[N, D]`` L2-normalised embeddings through this checkpoint's language tower."""
+        return self._run(self.text, tokenize(texts), batch_size)
+
+    def _run(self, tower: torch.nn.Module, inputs: torch.Tensor, batch_size: int | None) -> torch.Tensor:
+        if inputs.shape[0] == 0:
+            return torch.empty(0, self.dim)
+        step = batch_size or inputs.shape[0]
+        device, dtype = self.device, self.dtype
+        outputs = []
+        with torch.inference_mode():
+            for chunk in inputs.split(step):
+                chunk = chunk.to(device, dtype=dtype) if chunk.is_floating_point() else chunk.to(device)
+                outputs.append(F.normalize(tower(chunk).float(), dim=-1).cpu())
+        return torch.cat(outputs)
