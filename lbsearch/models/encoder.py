@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lbsearch.errors import LbsearchError
 from lbsearch.models.config import ModelConfig
 from lbsearch.models.towers import TextTower, VisionTower
 from lbsearch.preprocess import PreprocessSettings, preprocessor_for
@@ -18,14 +19,15 @@ class Encoder:
     """Embeds media of one modality and text into the shared space.
 
     Embeddings come out L2-normalised, float32, on the CPU. The temperature ``exp(logit_scale)`` is kept apart
-    (``temperature``) and never folded into vectors, so stored vectors stay plain cosines.
+    (``temperature``) and never folded into vectors, so stored vectors stay plain cosines. A tower may be left
+    out (``None``) when only the other one is needed, e.g. the language tower for text queries.
     """
 
     def __init__(
         self,
         config: ModelConfig,
-        vision: VisionTower,
-        text: TextTower,
+        vision: VisionTower | None,
+        text: TextTower | None,
         logit_scale: float,
         source: str = "",
         weights_hash: str = "",
@@ -33,8 +35,8 @@ class Encoder:
     ):
         self.config = config
         self.modality = config.modality
-        self.vision = vision.eval()
-        self.text = text.eval()
+        self.vision = vision.eval() if vision is not None else None
+        self.text = text.eval() if text is not None else None
         self.logit_scale = float(logit_scale)
         self.source = source
         self.weights_hash = weights_hash
@@ -50,16 +52,20 @@ class Encoder:
         return float(torch.tensor(self.logit_scale).exp())
 
     @property
+    def towers(self) -> list[torch.nn.Module]:
+        return [tower for tower in (self.vision, self.text) if tower is not None]
+
+    @property
     def device(self) -> torch.device:
-        return next(self.vision.parameters()).device
+        return next(self.towers[0].parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.vision.parameters()).dtype
+        return next(self.towers[0].parameters()).dtype
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Encoder:
-        self.vision.to(device=device, dtype=dtype)
-        self.text.to(device=device, dtype=dtype)
+        for tower in self.towers:
+            tower.to(device=device, dtype=dtype)
         return self
 
     def preprocess(self, path: str | Path, start: float | None = None, end: float | None = None) -> torch.Tensor:
@@ -68,10 +74,14 @@ class Encoder:
 
     def encode(self, batch: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         """``[B, ...]`` preprocessed inputs -> ``[B, D]`` L2-normalised embeddings."""
+        if self.vision is None:
+            raise LbsearchError(f"{self.source}: loaded without its {self.modality} tower")
         return self._run(self.vision, batch, batch_size)
 
     def encode_text(self, texts: str | Sequence[str], batch_size: int | None = None) -> torch.Tensor:
         """Texts -> ``[N, D]`` L2-normalised embeddings through this checkpoint's language tower."""
+        if self.text is None:
+            raise LbsearchError(f"{self.source}: loaded without its language tower")
         return self._run(self.text, tokenize(texts), batch_size)
 
     def _run(self, tower: torch.nn.Module, inputs: torch.Tensor, batch_size: int | None) -> torch.Tensor:

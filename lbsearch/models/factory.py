@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,12 +37,14 @@ def load_checkpoint(
     revision: str | None = None,
     cache_dir: str | None = None,
     text_tower: Encoder | None = None,
+    towers: Collection[str] = ("vision", "text"),
 ) -> Encoder:
     """Load a LanguageBind checkpoint (``config.json`` + weights) from a folder or a Hugging Face hub id.
 
     LoRA pairs are merged at load. Every tensor must match the architecture the config describes: a missing,
     unexpected or mis-shaped key raises `CheckpointError` listing them. Pass ``text_tower`` (an encoder loaded
-    before) to share its language tower when the two checkpoints carry the same one.
+    before) to share its language tower when the two checkpoints carry the same one. ``towers`` picks which
+    towers to build: ``("text",)`` serves text queries without holding the modality tower in memory.
     """
     files = checkpoint.resolve(name_or_path, revision=revision, cache_dir=cache_dir)
     config = ModelConfig.from_file(files.folder / "config.json")
@@ -58,10 +60,14 @@ def load_checkpoint(
     if logit_scale is None:
         raise CheckpointError(f"{files.source}: the checkpoint has no logit_scale")
 
-    vision = VisionTower(config.vision, config.projection_dim)
-    checkpoint.load_strict(vision, vision_state, f"{files.source} (modality tower)")
+    vision = None
+    if "vision" in towers:
+        vision = VisionTower(config.vision, config.projection_dim)
+        checkpoint.load_strict(vision, vision_state, f"{files.source} (modality tower)")
     text_hash = checkpoint.fingerprint(text_state)
-    if text_tower is not None and text_tower.text_hash == text_hash:
+    if "text" not in towers:
+        text = None
+    elif text_tower is not None and text_tower.text is not None and text_tower.text_hash == text_hash:
         text = text_tower.text
     else:
         if text_tower is not None:

@@ -1,0 +1,70 @@
+"""Decoding and per-modality preprocessing: media file -> the tensor a LanguageBind tower takes.
+
+Each modality computes what the official LanguageBind processors compute (``../shared/golden`` proves it),
+with the official random choices held fixed: no random video flip, fixed audio chunk starts.
+
+    pre = preprocessor_for("audio")          # released settings; or pass a VisionConfig / PreprocessSettings
+    x = pre("clip.mp4", start=10.0, end=20.0)  # video [3,T,S,S], audio [3,M,L], others [3,S,S]
+
+Decoders: decord for video frames (what the official code uses), PyAV for audio and probing, PIL for images.
+decord 0.6.0 and PyAV 18 each bundle their own FFmpeg libraries; importing them in either order works here
+(checked by the tests, which use both in one process).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lbsearch.errors import ConfigError
+from lbsearch.preprocess.audio import AudioPreprocessor, audio_tensor, cut_window, load_audio, resample_waveform
+from lbsearch.preprocess.common import CLIP_MEAN, CLIP_STD, Preprocessor
+from lbsearch.preprocess.depth import DepthPreprocessor
+from lbsearch.preprocess.image import ImagePreprocessor, ThermalPreprocessor
+from lbsearch.preprocess.probe import MediaInfo, probe
+from lbsearch.preprocess.settings import PreprocessSettings
+from lbsearch.preprocess.video import VideoFrames, VideoPreprocessor, sample_indices, video_tensor
+
+if TYPE_CHECKING:
+    from lbsearch.models.config import VisionConfig
+
+PREPROCESSORS: dict[str, type[Preprocessor]] = {
+    cls.modality: cls
+    for cls in (VideoPreprocessor, AudioPreprocessor, DepthPreprocessor, ThermalPreprocessor, ImagePreprocessor)
+}
+
+
+def preprocessor_for(modality: str, config: VisionConfig | PreprocessSettings | None = None) -> Preprocessor:
+    """The preprocessor of ``modality`` with a checkpoint's settings (``None``: the released checkpoints')."""
+    if modality not in PREPROCESSORS:
+        raise ConfigError(f"unknown modality {modality!r}; expected one of {sorted(PREPROCESSORS)}")
+    if config is None:
+        settings = PreprocessSettings.released()
+    elif isinstance(config, PreprocessSettings):
+        settings = config
+    else:
+        settings = PreprocessSettings.from_vision_config(config)
+    return PREPROCESSORS[modality](settings)
+
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "PREPROCESSORS",
+    "AudioPreprocessor",
+    "DepthPreprocessor",
+    "ImagePreprocessor",
+    "MediaInfo",
+    "PreprocessSettings",
+    "Preprocessor",
+    "ThermalPreprocessor",
+    "VideoFrames",
+    "VideoPreprocessor",
+    "audio_tensor",
+    "cut_window",
+    "load_audio",
+    "preprocessor_for",
+    "probe",
+    "resample_waveform",
+    "sample_indices",
+    "video_tensor",
+]

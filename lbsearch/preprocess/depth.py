@@ -1,0 +1,44 @@
+"""Depth: 16-bit millimetre PNG -> metres, clipped and scaled -> 3 channels -> [3, S, S] (official DepthNorm)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from lbsearch.errors import MediaError
+from lbsearch.preprocess.common import StillPreprocessor, open_image
+
+MILLIMETRES_PER_METRE = 1000.0
+MIN_DEPTH_METRES = 0.01
+# Single-channel modes that hold depth values; "1" (bilevel) and "P" (palette indices) do not.
+_DEPTH_MODES = {"L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def depth_pixels(depth_mm: np.ndarray, max_depth: float) -> torch.Tensor:
+    """Depth in millimetres [H,W] -> [3,H,W]: metres clipped to [0.01, max_depth] / max_depth.
+
+    ``max_depth`` 0 scales by the map's own maximum instead, as the official ``DepthNorm`` does.
+    """
+    metres = torch.from_numpy(depth_mm.astype(np.float32)) / MILLIMETRES_PER_METRE
+    metres = metres.clamp(min=MIN_DEPTH_METRES)
+    scaled = metres.clamp(max=max_depth) / max_depth if max_depth > 0 else metres / metres.max()
+    return scaled.unsqueeze(0).repeat(3, 1, 1)
+
+
+@dataclass(frozen=True)
+class DepthPreprocessor(StillPreprocessor):
+    modality: ClassVar[str] = "depth"
+
+    def load_pixels(self, path: Path) -> torch.Tensor:
+        image = open_image(path)
+        if image.mode not in _DEPTH_MODES:
+            raise MediaError(
+                path,
+                f"a depth map must be single-channel (16-bit PNG in millimetres); got PIL mode {image.mode!r} "
+                f"with {len(image.getbands())} channel(s)",
+            )
+        return depth_pixels(np.asarray(image), self.settings.max_depth)
