@@ -768,6 +768,18 @@ class Database:
                 kept.update(session.scalars(select(File.id).where(File.id.in_(chunk), *tests)))
         return kept
 
+    def sample_vectors(self, model_id: int, modality: str, size: int, seed: int = 0) -> np.ndarray:
+        """A fixed random sample of up to ``size`` embeddings of (model, modality), float32 [n, dim]."""
+        ids = self.vector_ids(model_id, modality)
+        if len(ids) > size:
+            ids = np.sort(np.random.default_rng(seed).choice(ids, size, replace=False))
+        rows = []
+        for chunk in _chunks(ids.tolist()):
+            rows += self._vectors(Vector.id.in_(chunk), embeddings=True)
+        if not rows:
+            return np.empty((0, self.model(model_id).dim), np.float32)
+        return np.stack([embedding for _, embedding in rows])
+
     def _vectors(
         self, *conditions: ColumnElement[bool], embeddings: bool = False
     ) -> list[tuple[VectorInfo, np.ndarray | None]]:

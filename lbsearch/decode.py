@@ -1,0 +1,161 @@
+"""The decode stage of ingestion: one file (or one slice of a long file's windows) -> model inputs.
+
+Runs in worker processes, so everything here is picklable plain data and never raises for a bad file: the
+error travels back as text with the file's path, and the run goes on.
+
+A long video or audio file gets a whole-file input and one input per time window. Windows are decoded in
+parts of ``WINDOWS_PER_PART`` so that one long file never holds more than a few dozen tensors in memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from lbsearch.errors import MediaError
+from lbsearch.preprocess import (
+    MediaInfo,
+    PreprocessSettings,
+    VideoFrames,
+    audio_tensor,
+    cut_window,
+    load_audio,
+    preprocessor_for,
+    probe,
+    video_tensor,
+)
+
+WINDOWS_PER_PART = 16
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """Time windows for long media: ``length`` seconds every ``hop`` seconds (0 length: none)."""
+
+    length: float = 10.0
+    hop: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.length < 0 or (self.length > 0 and self.hop <= 0):
+            raise ValueError(f"window length must be >= 0 and hop > 0, got {self.length} / {self.hop}")
+
+    def windows(self, duration: float | None) -> list[tuple[float, float]]:
+        """Windows covering ``duration`` seconds; none when the media is not longer than one window.
+
+        Starts step by ``hop``; a last window is aligned to the end so the tail is always covered.
+        """
+        if not self.length or not duration or duration <= self.length:
+            return []
+        count = math.ceil(round((duration - self.length) / self.hop, 6)) + 1
+        starts = [min(i * self.hop, duration - self.length) for i in range(count)]
+        return [(round(s, 6), round(min(s + self.length, duration), 6)) for s in starts]
+
+
+@dataclass(frozen=True)
+class DecodeTask:
+    """Decode ``path`` for the modalities in ``settings``: the whole file (part 0) and windows [first, last)."""
+
+    path: str
+    modality: str  # the file's modality: video, audio, image, depth or thermal
+    settings: Mapping[str, PreprocessSettings]  # modalities the model set embeds -> their preprocessing
+    windows: WindowSpec = WindowSpec()
+    part: int = 0
+    first_window: int = 0
+
+
+@dataclass
+class ModelInput:
+    modality: str
+    start: float | None  # None: the whole file
+    end: float | None
+    tensor: torch.Tensor
+
+
+@dataclass
+class DecodedPart:
+    """What a worker sends back for one task."""
+
+    task: DecodeTask
+    info: MediaInfo | None = None
+    inputs: list[ModelInput] = field(default_factory=list)
+    windows: list[tuple[float, float]] = field(default_factory=list)  # all windows of the file (part 0 only)
+    error: str | None = None  # the file cannot be embedded at all
+    warning: str | None = None  # something was skipped (e.g. an undecodable audio track of a good video)
+
+
+def decode(task: DecodeTask) -> DecodedPart:
+    """Decode one task. Never raises for a media problem: it comes back in ``error``."""
+    result = DecodedPart(task)
+    try:
+        result.info = probe(task.path)
+        if task.modality in ("video", "audio"):
+            _decode_timed(task, result)
+        elif task.modality in task.settings:
+            tensor = preprocessor_for(task.modality, task.settings[task.modality])(task.path)
+            result.inputs.append(ModelInput(task.modality, None, None, tensor))
+    except MediaError as exc:
+        result.error = exc.reason
+        result.inputs.clear()
+    except Exception as exc:  # a decoder bug must not take the run down; the file is recorded as failed
+        result.error = f"unexpected {type(exc).__name__}: {exc}"
+        result.inputs.clear()
+    return result
+
+
+def _decode_timed(task: DecodeTask, result: DecodedPart) -> None:
+    """Whole file (part 0) and windows. Window times come from the decoder's own length, not the header."""
+    if task.modality == "video":
+        if "video" in task.settings:
+            settings = task.settings["video"]
+            with VideoFrames(task.path) as video:
+                spans = _spans(task, result, video.duration)
+                for start, end in spans:
+                    frames = video.read(video.indices(settings.num_frames, start, end))
+                    result.inputs.append(ModelInput("video", start, end, video_tensor(frames, settings)))
+        else:
+            spans = _spans(task, result, result.info.duration if result.info else None)
+        if "audio" in task.settings and result.info is not None and result.info.has_audio:
+            try:
+                _decode_audio(task, result, spans, lenient=True)
+            except MediaError as exc:
+                result.warning = f"audio track skipped: {exc.reason}"
+                result.inputs = [i for i in result.inputs if i.modality != "audio"]
+    elif "audio" in task.settings:
+        _decode_audio(task, result, None, lenient=False)
+
+
+def _spans(task: DecodeTask, result: DecodedPart, duration: float | None) -> list[tuple[float | None, float | None]]:
+    """This task's share of (whole file, windows...)."""
+    windows = task.windows.windows(duration)
+    if task.part == 0:
+        result.windows = windows
+        return [(None, None), *windows[:WINDOWS_PER_PART]]
+    return list(windows[task.first_window : task.first_window + WINDOWS_PER_PART])
+
+
+def _decode_audio(task: DecodeTask, result: DecodedPart, spans, lenient: bool) -> None:
+    """Audio inputs for ``spans`` (None: the file's own spans). ``lenient``: a video's audio track may be
+    shorter than its pictures, so windows past its end are skipped rather than failing the file."""
+    waveform, rate = load_audio(task.path)
+    if spans is None:
+        spans = _spans(task, result, waveform.shape[-1] / rate)
+    settings = task.settings["audio"]
+    for start, end in spans:
+        try:
+            piece = cut_window(waveform, rate, start, end, source=task.path)
+        except MediaError:
+            if lenient and start is not None:
+                continue
+            raise
+        result.inputs.append(ModelInput("audio", start, end, audio_tensor(piece, rate, settings, task.path)))
+
+
+def follow_up_tasks(first: DecodedPart) -> list[DecodeTask]:
+    """The tasks for the windows the first part of a long file did not cover."""
+    return [
+        replace(first.task, part=index, first_window=begin)
+        for index, begin in enumerate(range(WINDOWS_PER_PART, len(first.windows), WINDOWS_PER_PART), start=1)
+    ]

@@ -1,0 +1,326 @@
+"""Ingestion: a scan plan -> decoded inputs (worker processes) -> embeddings (batched) -> committed rows.
+
+Stages and why:
+- decoding runs in ``workers`` processes (file I/O and FFmpeg are the slow part on a CPU); at most
+  ``max_in_flight`` tasks are outstanding, so memory stays flat however large the library;
+- encoding runs here, in batches per modality, so the model is loaded once;
+- a file is committed only when every one of its inputs is embedded, in a transaction with its segments and
+  vectors, so a crash (even ``kill -9``) leaves each file either fully stored or not at all. The next run finds
+  unfinished files still pending and embeds them again: nothing is duplicated or lost.
+Ctrl-C stops submitting work, embeds and commits what was already decoded, and returns a report marked
+interrupted.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from lbsearch import scan
+from lbsearch.db import Database, FileVectors, MediaInfo, NewVector
+from lbsearch.decode import DecodedPart, DecodeTask, ModelInput, WindowSpec, decode, follow_up_tasks
+from lbsearch.models import Encoder
+from lbsearch.preprocess import PreprocessSettings
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    windows: WindowSpec = field(default_factory=WindowSpec)
+    workers: int = 2  # decode processes; 0 decodes in this process
+    batch_size: int = 16  # inputs per encoder call
+    commit_files: int = 64  # files per database transaction
+    commit_seconds: float = 5.0  # ... or this often, whichever comes first
+    include_hidden: bool = False
+    retry_failed: bool = False
+
+    @property
+    def max_in_flight(self) -> int:
+        return 2 * max(self.workers, 1) + 2
+
+
+@dataclass
+class IngestProgress:
+    """A snapshot for progress displays (the CLI's bar, the UI's live panel)."""
+
+    files_total: int
+    files_done: int = 0
+    segments: int = 0
+    errors: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def segments_per_second(self) -> float:
+        return self.segments / max(time.monotonic() - self.started, 1e-9)
+
+
+@dataclass
+class IngestReport:
+    plan: dict[str, int]
+    embedded: int = 0
+    failed: int = 0
+    vectors: int = 0
+    errors: dict[str, str] = field(default_factory=dict)  # path -> reason
+    warnings: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    interrupted: bool = False
+
+
+@dataclass
+class _PendingFile:
+    """A file whose parts are being decoded and embedded."""
+
+    file_id: int
+    path: str
+    parts_left: int = 1
+    inputs_left: int = 0
+    info: MediaInfo | None = None
+    vectors: list[NewVector] = field(default_factory=list)
+    only_models: frozenset[int] | None = None
+
+
+class Ingestor:
+    """Runs one ingest of some roots into a library's database with a loaded model set."""
+
+    def __init__(
+        self,
+        db: Database,
+        encoders: Mapping[str, Encoder],
+        model_ids: Mapping[str, int],
+        options: IngestOptions = IngestOptions(),
+        progress: Callable[[IngestProgress], None] | None = None,
+    ):
+        self.db = db
+        self.encoders = encoders
+        self.model_ids = model_ids
+        self.options = options
+        self.progress = progress
+        self.settings = {m: PreprocessSettings.from_vision_config(e.config.vision) for m, e in encoders.items()}
+
+    # ----------------------------------------------------------------------------------------- planning
+
+    def run(self, roots: Iterable[str | scan.ScanRoot]) -> IngestReport:
+        started = time.monotonic()
+        plan = scan.plan(
+            self.db, roots, include_hidden=self.options.include_hidden, retry_failed=self.options.retry_failed
+        )
+        report = IngestReport(plan=plan.summary())
+        for moved in [*plan.moved, *plan.touched]:
+            f = moved.file
+            self.db.relocate_file(
+                moved.file_id, path=f.path, root=f.root, size=f.size, mtime_ns=f.mtime_ns, item_key=f.item_key
+            )
+        self.db.delete_files([record.id for record in plan.deleted])
+
+        unreadable = [t for t in plan.to_embed if t.content_hash is None]
+        readable = [t for t in plan.to_embed if t.content_hash is not None]
+        ids = self.db.upsert_files([{**asdict(t.file), "content_hash": t.content_hash} for t in plan.to_embed])
+        file_ids = dict(zip((t.file.path for t in plan.to_embed), ids, strict=True))
+        if unreadable:
+            self.db.mark_files_failed({file_ids[t.file.path]: "cannot be read" for t in unreadable})
+            report.failed += len(unreadable)
+            report.errors.update({t.file.path: "cannot be read" for t in unreadable})
+        tasks: list[tuple[int, DecodeTask, frozenset[int] | None]] = [
+            (
+                file_ids[t.file.path],
+                DecodeTask(t.file.path, t.file.modality, self._settings_for(t.file.modality), self.options.windows),
+                None,
+            )
+            for t in readable
+        ]
+        tasks += self._new_model_tasks({file_id for file_id, _, _ in tasks})
+        run_id = self.db.start_run({m: e.source for m, e in self.encoders.items()})
+        try:
+            self._execute(tasks, report)
+        finally:
+            report.seconds = time.monotonic() - started
+            status = "interrupted" if report.interrupted else "done"
+            self.db.finish_run(
+                run_id,
+                status,
+                {"embedded": report.embedded, "failed": report.failed, "vectors": report.vectors, **report.plan},
+            )
+        return report
+
+    def _settings_for(self, file_modality: str) -> dict[str, PreprocessSettings]:
+        """The modalities a file of this kind is embedded in: a video also gives its audio track."""
+        wanted = ("video", "audio") if file_modality == "video" else (file_modality,)
+        return {m: self.settings[m] for m in wanted if m in self.settings}
+
+    def _new_model_tasks(self, planned: set[int]) -> list[tuple[int, DecodeTask, frozenset[int]]]:
+        """Embedded files that lack a vector of a model in the set (a new model version): embed them for it
+        alone, keeping the vectors of older versions."""
+        tasks = []
+        lacking = {
+            m: {r.id: r for r in self.db.files_lacking_vectors(model_id, m)} for m, model_id in self.model_ids.items()
+        }
+        for modality in self.model_ids:
+            for record in lacking[modality].values():
+                if record.id in planned:
+                    continue
+                planned.add(record.id)
+                settings = {
+                    m: s
+                    for m, s in self._settings_for(record.modality).items()
+                    if m == modality or record.id in lacking.get(m, ())
+                }
+                only = frozenset(self.model_ids[m] for m in settings)
+                tasks.append(
+                    (record.id, DecodeTask(record.path, record.modality, settings, self.options.windows), only)
+                )
+        return tasks
+
+    # ---------------------------------------------------------------------------------------- execution
+
+    def _execute(self, tasks: list[tuple[int, DecodeTask, frozenset[int] | None]], report: IngestReport) -> None:
+        progress = IngestProgress(files_total=len(tasks))
+        pending: dict[str, _PendingFile] = {}
+        queues: dict[str, list[tuple[_PendingFile, ModelInput]]] = defaultdict(list)
+        finished: list[_PendingFile] = []
+        failures: dict[int, str] = {}
+        last_commit = time.monotonic()
+        todo: list[DecodeTask] = []
+        for file_id, task, only in reversed(tasks):
+            pending[task.path] = _PendingFile(file_id, task.path, only_models=only)
+            todo.append(task)
+
+        def commit(force: bool = False) -> None:
+            nonlocal last_commit
+            due = (
+                len(finished) >= self.options.commit_files
+                or time.monotonic() - last_commit > self.options.commit_seconds
+            )
+            if not (force or due) or not (finished or failures):
+                return
+            self.db.store_vectors([FileVectors(p.file_id, p.vectors, p.info, p.only_models) for p in finished])
+            if failures:
+                self.db.mark_files_failed(failures)
+            report.embedded += len(finished)
+            report.vectors += sum(len(p.vectors) for p in finished)
+            finished.clear()
+            failures.clear()
+            last_commit = time.monotonic()
+
+        def encode(modality: str, everything: bool = False) -> None:
+            queue = queues[modality]
+            while len(queue) >= self.options.batch_size or (everything and queue):
+                batch, queue[:] = queue[: self.options.batch_size], queue[self.options.batch_size :]
+                embeddings = self.encoders[modality].encode(torch.stack([item.tensor for _, item in batch]))
+                for (owner, item), embedding in zip(batch, embeddings.numpy(), strict=True):
+                    owner.vectors.append(
+                        NewVector(
+                            self.model_ids[modality], modality, embedding.astype(np.float32), item.start, item.end
+                        )
+                    )
+                    owner.inputs_left -= 1
+                    progress.segments += 1
+                    self._maybe_finish(owner, pending, finished, progress)
+
+        def accept(part: DecodedPart) -> list[DecodeTask]:
+            owner = pending.get(part.task.path)
+            if owner is None:  # the file already failed in another part
+                return []
+            owner.parts_left -= 1
+            if part.error is not None:
+                failures[owner.file_id] = part.error
+                report.failed += 1
+                report.errors[owner.path] = part.error
+                progress.errors += 1
+                progress.files_done += 1
+                del pending[owner.path]
+                for queue in queues.values():
+                    queue[:] = [entry for entry in queue if entry[0] is not owner]
+                return []
+            if part.warning:
+                report.warnings[owner.path] = part.warning
+            more = follow_up_tasks(part) if part.task.part == 0 else []
+            if part.task.part == 0:
+                owner.info = _media_info(part)
+                owner.parts_left += len(more)
+            owner.inputs_left += len(part.inputs)
+            for item in part.inputs:
+                queues[item.modality].append((owner, item))
+            self._maybe_finish(owner, pending, finished, progress)
+            return more
+
+        parts = self._decoded(todo, accept)
+        try:
+            for _ in parts:
+                for modality in list(queues):
+                    encode(modality)
+                commit()
+                if self.progress:
+                    self.progress(progress)
+        except KeyboardInterrupt:
+            report.interrupted = True
+        finally:
+            parts.close()
+        # Embed what was decoded, for files whose every part arrived; unfinished files stay pending.
+        for modality in list(queues):
+            encode(modality, everything=True)
+        commit(force=True)
+        if self.progress:
+            self.progress(progress)
+
+    def _decoded(self, todo: list[DecodeTask], accept: Callable[[DecodedPart], list[DecodeTask]]):
+        """Yield decoded parts as they come, keeping at most ``max_in_flight`` tasks outstanding."""
+        if self.options.workers == 0:
+            while todo:
+                part = decode(todo.pop())
+                todo.extend(reversed(accept(part)))
+                yield part
+            return
+        # fork (as PyTorch's DataLoader does on Linux): workers start at once and need no importable __main__;
+        # they never touch the encoder or the database. spawn elsewhere.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        context = multiprocessing.get_context(method)
+        with cf.ProcessPoolExecutor(self.options.workers, mp_context=context, initializer=_worker_init) as pool:
+            running: set[cf.Future] = set()
+            try:
+                while todo or running:
+                    while todo and len(running) < self.options.max_in_flight:
+                        running.add(pool.submit(decode, todo.pop()))
+                    done, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                    for future in done:
+                        part = future.result()
+                        todo.extend(reversed(accept(part)))
+                        yield part
+            finally:
+                for future in running:
+                    future.cancel()
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    @staticmethod
+    def _maybe_finish(owner: _PendingFile, pending: dict, finished: list, progress: IngestProgress) -> None:
+        if owner.parts_left == 0 and owner.inputs_left == 0 and pending.get(owner.path) is owner:
+            del pending[owner.path]
+            finished.append(owner)
+            progress.files_done += 1
+
+
+def _worker_init() -> None:
+    # Decoding workers share the CPU with the encoder: one thread each keeps them from oversubscribing it.
+    torch.set_num_threads(1)
+    # Ctrl-C is handled by the main process, which drains the work already decoded.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _media_info(part: DecodedPart) -> MediaInfo | None:
+    info = part.info
+    if info is None:
+        return None
+    return MediaInfo(
+        duration=info.duration,
+        fps=info.fps,
+        width=info.width,
+        height=info.height,
+        sample_rate=info.sample_rate,
+        has_audio=info.has_audio,
+    )

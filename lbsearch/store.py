@@ -1,0 +1,210 @@
+"""FAISS files kept in step with the database.
+
+The database is the truth: its append-only vector table and deletion log say what every index must hold.
+Each FAISS file carries the watermarks (largest vector id, last deletion seq) it was written at, so opening
+one applies whatever the database gained or lost since; a crash between a database commit and a file write
+therefore never leaves the two out of step. `rebuild` makes an index again from stored vectors, without
+re-embedding anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lbsearch.db import Database, Watermark
+from lbsearch.vectorindex import EXACT_FACTORY, IndexFileError, VectorIndex, choose_factory
+
+log = logging.getLogger(__name__)
+
+INDEX_FOLDER = "faiss"
+FORCED_FACTORY_SETTING = "index_factory"
+# An index is rebuilt (and its type chosen again) once it holds this many times the vectors it was built with.
+REBUILD_GROWTH = 2.0
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """One way an index file and the database differ (what `verify` reports)."""
+
+    model_id: int
+    modality: str
+    problem: str
+
+
+class IndexStore:
+    """The FAISS indexes of one library: one file per (model, modality) under ``folder/faiss``.
+
+    ``recall_queries(model_id, modality)`` may supply text embeddings to tune approximate indexes on the
+    queries users actually send (see `VectorIndex.build`).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        folder: str | Path,
+        recall_queries: Callable[[int, str], np.ndarray | None] | None = None,
+    ):
+        self.db = db
+        self.folder = Path(folder) / INDEX_FOLDER
+        self.recall_queries = recall_queries
+        self._open: dict[tuple[int, str], VectorIndex] = {}
+        self._background: dict[tuple[int, str], tuple[Watermark, np.ndarray]] = {}
+
+    def path(self, model_id: int, modality: str) -> Path:
+        return self.folder / f"model{model_id}-{modality}.faiss"
+
+    @property
+    def forced_factory(self) -> str | None:
+        return self.db.get_setting(FORCED_FACTORY_SETTING)
+
+    def index(self, model_id: int, modality: str) -> VectorIndex:
+        """The index of (model, modality) with every committed database change applied (in memory)."""
+        key = (model_id, modality)
+        index = self._open.get(key)
+        if index is None:
+            index = self._read_or_rebuild(model_id, modality)
+        self._catch_up(index, model_id, modality)
+        self._open[key] = index
+        return index
+
+    def sync(self, model_id: int, modality: str) -> VectorIndex:
+        """Bring the file of (model, modality) up to date and write it (atomically) if anything changed."""
+        before = self._open.get((model_id, modality))
+        marks = None if before is None else dict(before.watermarks)
+        index = self.index(model_id, modality)
+        built = index.info.get("built_ntotal", index.ntotal)
+        if self.forced_factory is None and index.ntotal > REBUILD_GROWTH * max(built, 1) and _kind_changes(index):
+            return self.rebuild(model_id, modality)
+        if marks != index.watermarks or not self.path(model_id, modality).exists():
+            self._write(index, model_id, modality)
+        return index
+
+    def sync_all(self) -> None:
+        for model_id, modality in self.db.vector_groups():
+            self.sync(model_id, modality)
+        self.remove_stray_files()
+
+    def rebuild(self, model_id: int, modality: str, factory: str | None = None) -> VectorIndex:
+        """Build the index of (model, modality) again from the stored vectors and write it."""
+        mark = self.db.watermark()
+        ids, vectors = self._stored(model_id, modality, up_to_id=mark.max_vector_id)
+        factory = factory or self.forced_factory or (choose_factory(len(ids), vectors.shape[1]) if len(ids) else None)
+        dim = self.db.model(model_id).dim
+        if len(ids) == 0:
+            index = VectorIndex.build(np.empty((0, dim), np.float32), ids, factory=EXACT_FACTORY)
+        else:
+            queries = self.recall_queries(model_id, modality) if self.recall_queries else None
+            index = VectorIndex.build(vectors, ids, factory=factory, recall_queries=queries)
+        index.watermarks = {"max_vector_id": mark.max_vector_id, "delete_seq": mark.delete_seq}
+        self._catch_up(index, model_id, modality)
+        self._write(index, model_id, modality)
+        self._open[(model_id, modality)] = index
+        return index
+
+    def verify(self) -> list[Disagreement]:
+        """Every way the index files and the database disagree (empty: they agree)."""
+        problems: list[Disagreement] = []
+        groups = self.db.vector_groups()
+        for model_id, modality in groups:
+            path = self.path(model_id, modality)
+            if not path.exists():
+                problems.append(Disagreement(model_id, modality, f"{path.name} is missing"))
+                continue
+            try:
+                index = VectorIndex.read(path)
+            except IndexFileError as exc:
+                problems.append(Disagreement(model_id, modality, str(exc)))
+                continue
+            self._catch_up(index, model_id, modality)
+            in_index, in_db = index.ids(), self.db.vector_ids(model_id, modality)
+            extra, missing = np.setdiff1d(in_index, in_db), np.setdiff1d(in_db, in_index)
+            if len(extra) or len(missing):
+                problems.append(
+                    Disagreement(
+                        model_id,
+                        modality,
+                        f"{path.name}: {len(missing)} vectors of the database are not indexed, "
+                        f"{len(extra)} indexed vectors are not in the database",
+                    )
+                )
+        for stray in self._stray_files(groups):
+            problems.append(Disagreement(-1, "", f"{stray.name} indexes nothing the database holds"))
+        return problems
+
+    def repair(self) -> list[Disagreement]:
+        """Rebuild every index that disagrees with the database and remove stray files; returns what was fixed."""
+        problems = self.verify()
+        for model_id, modality in {(p.model_id, p.modality) for p in problems if p.model_id >= 0}:
+            self._open.pop((model_id, modality), None)
+            self.rebuild(model_id, modality)
+        self.remove_stray_files()
+        return problems
+
+    def remove_stray_files(self) -> None:
+        for stray in self._stray_files(self.db.vector_groups()):
+            stray.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def background(self, model_id: int, modality: str, size: int) -> np.ndarray:
+        """A fixed random sample of the stored vectors of (model, modality): what calibration compares with.
+
+        Cached until the database changes."""
+        mark = self.db.watermark()
+        cached = self._background.get((model_id, modality))
+        if cached is None or cached[0] != mark:
+            cached = (mark, self.db.sample_vectors(model_id, modality, size))
+            self._background[(model_id, modality)] = cached
+        return cached[1]
+
+    def _read_or_rebuild(self, model_id: int, modality: str) -> VectorIndex:
+        path = self.path(model_id, modality)
+        if path.exists():
+            try:
+                return VectorIndex.read(path)
+            except IndexFileError as exc:
+                log.warning("%s; rebuilding it from the stored vectors", exc)
+        return self.rebuild(model_id, modality)
+
+    def _catch_up(self, index: VectorIndex, model_id: int, modality: str) -> None:
+        """Apply the deletions and additions committed after the index's watermarks."""
+        mark: Watermark = self.db.watermark()
+        seen = index.watermarks
+        if seen["delete_seq"] < mark.delete_seq:
+            deleted = self.db.deleted_vector_ids(
+                model_id, modality, after_seq=seen["delete_seq"], up_to_seq=mark.delete_seq
+            )
+            if len(deleted):
+                index.remove_ids(deleted)
+        if seen["max_vector_id"] < mark.max_vector_id:
+            ids, vectors = self._stored(model_id, modality, after_id=seen["max_vector_id"], up_to_id=mark.max_vector_id)
+            if len(ids):
+                index.add_with_ids(vectors, ids)
+        index.watermarks = {"max_vector_id": mark.max_vector_id, "delete_seq": mark.delete_seq}
+
+    def _stored(self, model_id: int, modality: str, after_id: int = 0, up_to_id: int | None = None):
+        batches = list(self.db.iter_vectors(model_id, modality, after_id=after_id, up_to_id=up_to_id))
+        if not batches:
+            dim = self.db.model(model_id).dim
+            return np.empty(0, np.int64), np.empty((0, dim), np.float32)
+        return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+
+    def _write(self, index: VectorIndex, model_id: int, modality: str) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        index.write(self.path(model_id, modality))
+
+    def _stray_files(self, groups: list[tuple[int, str]]) -> list[Path]:
+        if not self.folder.exists():
+            return []
+        wanted = {self.path(model_id, modality).name for model_id, modality in groups}
+        return sorted(p for p in self.folder.glob("*.faiss") if p.name not in wanted)
+
+
+def _kind_changes(index: VectorIndex) -> bool:
+    """Whether the index type chosen for the current size differs from the one in use."""
+    return choose_factory(index.ntotal, index.dim) != index.info.get("factory")
