@@ -1,10 +1,17 @@
-"""The `lbsearch` command: a thin Typer layer over the Python API (no logic lives only here)."""
+"""The `lbsearch` command: a thin Typer layer over the Python API (no logic lives only here).
+
+Exit codes: 0 success; 1 an error (message on stderr, never a traceback); 2 bad usage; 3 indexing finished but
+some files failed; 4 `verify` found disagreements; 130 interrupted (Ctrl-C) after a clean stop.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
-from typing import Annotated
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -12,27 +19,450 @@ from rich.table import Table
 
 from lbsearch.errors import LbsearchError
 
-app = typer.Typer(
-    help="Multi-modal search over your own media library, built on LanguageBind.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
-models_app = typer.Typer(help="List, download and verify LanguageBind checkpoints.", no_args_is_help=True)
-app.add_typer(models_app, name="models")
 console = Console()
 err_console = Console(stderr=True)
 
 
-def fail(error: Exception, code: int = 1) -> None:
+class Commands(typer.core.TyperGroup):
+    """Turns every lbsearch error raised by a command into a message and an exit code, never a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LbsearchError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    cls=Commands,
+    help="Multi-modal search over your own media library, built on LanguageBind.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+models_app = typer.Typer(cls=Commands, help="List, download and verify LanguageBind checkpoints.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+EXIT_FAILED_FILES = 3
+EXIT_DISAGREE = 4
+EXIT_INTERRUPTED = 130
+
+IndexOption = Annotated[
+    Path | None,
+    typer.Option("--index", envvar="LBSEARCH_INDEX", help="Index folder (default ./indexes).", show_default=False),
+]
+DbOption = Annotated[
+    str | None, typer.Option("--db", help="Database URL for the metadata, e.g. postgresql://user@host/db.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+DeviceOption = Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")]
+
+
+def fail(error: Exception | str, code: int = 1) -> None:
     """Print a one-line error (never a traceback) and exit with ``code``."""
     err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
-@models_app.command("list")
-def models_list(
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+def open_library(index: Path | None, db: str | None, device: str | None = None):
+    from lbsearch.library import Library
+
+    return Library.open(index, db=db, device=device)
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def split_pairs(values: list[str], option: str) -> list[tuple[str, str]]:
+    """``["a=b", ...]`` -> ``[("a", "b"), ...]``, split at the last "=" (a text part may contain "=")."""
+    pairs = []
+    for value in values:
+        key, sep, rest = value.rpartition("=")
+        if not sep or not key:
+            fail(f"{option} {value!r}: expected NAME=VALUE", code=2)
+        pairs.append((key, rest))
+    return pairs
+
+
+def to_float(value: str, what: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        fail(f"{what}: {value!r} is not a number", code=2)
+        raise  # unreachable: fail() exits
+
+
+# --------------------------------------------------------------------------------------------- index
+
+
+@app.command()
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="Folders (or files' folders) to index, recursively.")],
+    as_modality: Annotated[
+        str | None, typer.Option("--as", help="What the images under PATHS are: image, depth or thermal.")
+    ] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", help="MODALITY=HUB_ID_OR_FOLDER; repeatable.")] = None,
+    models: Annotated[str | None, typer.Option("--models", help="A named model set: languagebind or demo.")] = None,
+    window: Annotated[float, typer.Option(help="Window length in seconds for long media (0: none).")] = 10.0,
+    hop: Annotated[float, typer.Option(help="Seconds between window starts.")] = 5.0,
+    workers: Annotated[int, typer.Option(help="Decode processes (0: decode in this process).")] = 2,
+    batch_size: Annotated[int, typer.Option(help="Inputs per encoder call.")] = 16,
+    hidden: Annotated[bool, typer.Option("--hidden", help="Also index hidden files and folders.")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try files that failed before again.")] = False,
+    index_dir: IndexOption = None,
+    db: DbOption = None,
+    device: DeviceOption = None,
+    as_json: JsonOption = False,
 ) -> None:
+    """Embed media folders into the library: new and changed files are embedded, moved ones recognised, deleted
+    ones dropped. Safe to stop (Ctrl-C) and to run again.
+
+    Examples:
+      lbsearch index ~/Videos ~/Music --models demo
+      lbsearch index ~/scans --as depth --model depth=LanguageBind/LanguageBind_Depth
+    """
+    from tqdm import tqdm
+
+    from lbsearch.decode import WindowSpec
+    from lbsearch.models.registry import parse_model_options
+    from lbsearch.pipeline import IngestOptions
+
+    lib = open_library(index_dir, db, device)
+    if models:
+        lib.use_models(models)
+    if model:
+        lib.use_models(parse_model_options(model))
+    options = IngestOptions(
+        windows=WindowSpec(window, hop),
+        workers=workers,
+        batch_size=batch_size,
+        include_hidden=hidden,
+        retry_failed=retry_failed,
+    )
+    bar = None
+
+    def show(progress) -> None:
+        nonlocal bar
+        if as_json:
+            return
+        if bar is None:
+            bar = tqdm(total=progress.files_total, unit="file", desc="indexing", file=sys.stderr)
+        bar.n = progress.files_done
+        bar.set_postfix(segments_per_s=f"{progress.segments_per_second:.1f}", errors=progress.errors, refresh=False)
+        bar.refresh()
+
+    report = lib.add(paths, as_modality=as_modality, options=options, progress=show)
+    if bar is not None:
+        bar.close()
+    summary = {
+        "plan": report.plan,
+        "embedded": report.embedded,
+        "failed": report.failed,
+        "vectors": report.vectors,
+        "seconds": round(report.seconds, 2),
+        "interrupted": report.interrupted,
+        "errors": report.errors,
+        "warnings": report.warnings,
+    }
+    if as_json:
+        print_json(summary)
+    else:
+        plan = ", ".join(f"{v} {k}" for k, v in report.plan.items() if v)
+        console.print(
+            f"[bold]{report.embedded}[/] files embedded ({report.vectors} vectors), {report.failed} failed "
+            f"in {report.seconds:.1f} s. Plan: {plan or 'nothing to do'}."
+        )
+        for path, reason in report.errors.items():
+            console.print(f"  [red]failed[/] {path}: {reason}", highlight=False)
+        for path, reason in report.warnings.items():
+            console.print(f"  [yellow]warning[/] {path}: {reason}", highlight=False)
+        if report.interrupted:
+            console.print("[yellow]Interrupted: what was embedded is saved; run the same command to go on.[/]")
+    if report.interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if report.failed:
+        raise typer.Exit(EXIT_FAILED_FILES)
+
+
+# -------------------------------------------------------------------------------------------- search
+
+
+def _parse_date(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"{option} {value!r}: expected a date like 2024-05-01 or 2024-05-01T12:00", code=2)
+        raise
+
+
+@app.command()
+def search(
+    text: Annotated[str | None, typer.Argument(help="What to look for, in words.")] = None,
+    like: Annotated[
+        str | None, typer.Option("--like", help="A media file (or an indexed file's id) to search like.")
+    ] = None,
+    like_as: Annotated[
+        str | None, typer.Option("--like-as", help="What an image given to --like is: image, depth or thermal.")
+    ] = None,
+    start: Annotated[float | None, typer.Option("--from", help="Start (s) of the --like file's moment.")] = None,
+    end: Annotated[float | None, typer.Option("--to", help="End (s) of the --like file's moment.")] = None,
+    part: Annotated[
+        list[str] | None,
+        typer.Option("--part", help="Weighted query part QUERY=WEIGHT (text or file; negative allowed); repeatable."),
+    ] = None,
+    modality: Annotated[
+        list[str] | None, typer.Option("--in", help="Modality to search; repeat for joint retrieval.")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", help="Number of hits.")] = 10,
+    offset: Annotated[int, typer.Option(help="Skip this many hits (paging).")] = 0,
+    fuse: Annotated[str, typer.Option(help="Joint fusion: sum, temperature or rrf.")] = "sum",
+    weight: Annotated[
+        list[str] | None, typer.Option("--weight", help="MODALITY=WEIGHT for joint fusion; repeatable.")
+    ] = None,
+    group: Annotated[str | None, typer.Option(help="file, item or segment (default: file; item when joint).")] = None,
+    glob: Annotated[str | None, typer.Option("--glob", help="Only files whose path matches this glob.")] = None,
+    file_modality: Annotated[
+        list[str] | None, typer.Option("--file-modality", help="Only files of this modality; repeatable.")
+    ] = None,
+    min_duration: Annotated[float | None, typer.Option(help="Only media at least this long (s).")] = None,
+    max_duration: Annotated[float | None, typer.Option(help="Only media at most this long (s).")] = None,
+    after: Annotated[str | None, typer.Option(help="Only files modified after this date.")] = None,
+    before: Annotated[str | None, typer.Option(help="Only files modified before this date.")] = None,
+    where: Annotated[
+        list[str] | None, typer.Option("--where", help="COLUMN=VALUE on file metadata (e.g. width=1920).")
+    ] = None,
+    min_score: Annotated[float | None, typer.Option(help="Cut-off on the calibrated score (z-score).")] = None,
+    index_dir: IndexOption = None,
+    db: DbOption = None,
+    device: DeviceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Search the library with words, a file, or both.
+
+    Examples:
+      lbsearch search "a dog barking at night" --in video --in audio
+      lbsearch search --like rain.wav --in video -k 5
+      lbsearch search --part rain.wav=2 --part "at night=0.5" --part "people=-1" --in video --fuse rrf
+      lbsearch search "a red circle" --in image --json
+    """
+    from lbsearch.query import FileQuery, Filters, StoredQuery, parse_part
+
+    like_query = None
+    if like is not None:
+        if like.isdigit():
+            like_query = StoredQuery(int(like), start, end)
+        else:
+            like_query = FileQuery(like, as_modality=like_as, start=start, end=end)
+    parts = [(parse_part(q), to_float(w, f"--part {q}")) for q, w in split_pairs(part or [], "--part")]
+    weights = {m: to_float(w, f"--weight {m}") for m, w in split_pairs(weight or [], "--weight")}
+    filters = Filters(
+        path_glob=glob,
+        file_modalities=tuple(file_modality) if file_modality else None,
+        min_duration=min_duration,
+        max_duration=max_duration,
+        modified_after=_parse_date(after, "--after"),
+        modified_before=_parse_date(before, "--before"),
+        where=dict(split_pairs(where or [], "--where")),
+    )
+    lib = open_library(index_dir, db, device)
+    hits = lib.search(
+        text,
+        like=like_query,
+        parts=parts or None,
+        modalities=modality,
+        k=k,
+        offset=offset,
+        fuse=fuse,
+        weights=weights or None,
+        group=group,
+        filters=filters,
+        min_score=min_score,
+    )
+    if as_json:
+        print_json([hit.to_dict() for hit in hits])
+        return
+    if not hits:
+        console.print("No hits. (Is the library indexed? See `lbsearch status`.)")
+        return
+    table = Table("#", "score", "z", "modality", "moment", "path", "parts", title=f"{len(hits)} hits")
+    for hit in hits:
+        moment = "whole" if hit.start is None else f"{hit.start:.1f}-{hit.end:.1f} s"
+        parts_text = " ".join(f"{m} {v:+.3f}" for m, v in hit.parts.items())
+        table.add_row(
+            str(hit.rank), f"{hit.score:.4f}", f"{hit.calibrated:.2f}", hit.modality, moment, hit.path, parts_text
+        )
+    console.print(table)
+
+
+@app.command()
+def classify(
+    classes: Annotated[list[str], typer.Argument(help="Class names, e.g. dog cat rain.")],
+    modality: Annotated[str, typer.Option("--in", help="Which indexed modality to label.")],
+    k: Annotated[int, typer.Option("-k", help="Labels per file.")] = 1,
+    index_dir: IndexOption = None,
+    db: DbOption = None,
+    device: DeviceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Label indexed files zero-shot with the official prompt templates.
+
+    Example: lbsearch classify dog cat "rain on a roof" --in audio
+    """
+    lib = open_library(index_dir, db, device)
+    labels = lib.classify(classes, modality, k=k)
+    rows = [{"file_id": fid, "path": lib.db.file(fid).path, "labels": found} for fid, found in labels.items()]
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("path", "labels", title=f"zero-shot labels ({modality})")
+    for row in rows:
+        table.add_row(row["path"], ", ".join(f"{name} {p:.2f}" for name, p in row["labels"]))
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------- library upkeep
+
+
+@app.command()
+def status(index_dir: IndexOption = None, db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Counts per modality and model, index health, and files that failed with why.
+
+    Example: lbsearch status --json
+    """
+    report = open_library(index_dir, db).status()
+    if as_json:
+        print_json(report)
+        return
+    console.print(f"[bold]{report['folder']}[/] ({report['database']})")
+    models = Table("modality", "checkpoint", title="Model set")
+    for modality, source in report["models"].items():
+        models.add_row(modality, source)
+    console.print(models)
+    files = Table("modality", *["ok", "pending", "error"], title=f"Files ({report['items']} items)")
+    for modality, counts in report["files"].items():
+        files.add_row(modality, *(str(counts.get(s, 0)) for s in ("ok", "pending", "error")))
+    console.print(files)
+    indexes = Table("model", "modality", "vectors", "type", "recall@10", title="Indexes")
+    for entry in report["indexes"]:
+        indexes.add_row(
+            str(entry["model_id"]),
+            entry["modality"],
+            str(entry.get("ntotal", "-")),
+            str(entry.get("factory", "-")),
+            str(entry.get("recall_at_10", "-")),
+        )
+    console.print(indexes)
+    for failed in report["failed"]:
+        console.print(f"[red]failed[/] {failed['path']}: {failed['error']}", highlight=False)
+
+
+@app.command()
+def verify(
+    repair: Annotated[bool, typer.Option("--repair", help="Rebuild what disagrees from the stored vectors.")] = False,
+    index_dir: IndexOption = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check that the database, the stored vectors and every FAISS index agree (exit 4 when they do not).
+
+    Example: lbsearch verify --repair
+    """
+    lib = open_library(index_dir, db)
+    problems = lib.repair() if repair else lib.verify()
+    remaining = lib.verify() if repair else problems
+    if as_json:
+        print_json({"problems": [p.__dict__ for p in problems], "repaired": repair, "ok": not remaining})
+    elif not problems:
+        console.print("[green]ok[/]: the database and every index agree.")
+    else:
+        for problem in problems:
+            console.print(f"[red]disagree[/] model {problem.model_id} {problem.modality}: {problem.problem}")
+        console.print("[green]repaired[/]" if repair and not remaining else "Run `lbsearch verify --repair` to fix.")
+    if remaining:
+        raise typer.Exit(EXIT_DISAGREE)
+
+
+@app.command()
+def remove(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders to forget (the files are not deleted).")],
+    index_dir: IndexOption = None,
+    db: DbOption = None,
+) -> None:
+    """Forget files or folders: their vectors leave every index.
+
+    Example: lbsearch remove ~/Videos/old
+    """
+    count = open_library(index_dir, db).remove(paths)
+    console.print(f"{count} files removed from the library.")
+
+
+@app.command()
+def reindex(
+    factory: Annotated[
+        str | None, typer.Option(help='Force a FAISS factory string, e.g. "IVF1024,Flat" ("" = automatic).')
+    ] = None,
+    index_dir: IndexOption = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Rebuild every FAISS index from the stored vectors (nothing is re-embedded).
+
+    Example: lbsearch reindex --factory "HNSW32,Flat"
+    """
+    rebuilt = open_library(index_dir, db).reindex(factory)
+    if as_json:
+        print_json(rebuilt)
+        return
+    for entry in rebuilt:
+        console.print(
+            f"model {entry['model_id']} {entry['modality']}: {entry['ntotal']} vectors, "
+            f"{entry['factory']}, recall@10 {entry.get('recall_at_10', 1.0):.3f}"
+        )
+
+
+@app.command()
+def ui(
+    index_dir: IndexOption = None,
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501,
+    host: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
+) -> None:
+    """Open the search page in a browser (Streamlit).
+
+    Example: lbsearch ui --index ./indexes
+    """
+    import subprocess
+
+    app_file = Path(__file__).resolve().parent / "app" / "streamlit_app.py"
+    if not app_file.exists():
+        fail(f"{app_file}: the Streamlit app is not installed beside the command")
+    env = dict(os.environ)
+    if index_dir is not None:
+        env["LBSEARCH_INDEX"] = str(index_dir)
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app_file),
+        "--server.port",
+        str(port),
+        "--server.address",
+        host,
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    raise typer.Exit(subprocess.call(command, env=env))
+
+
+# -------------------------------------------------------------------------------------------- models
+
+
+@models_app.command("list")
+def models_list(as_json: JsonOption = False) -> None:
     """List the released checkpoints and the named model sets.
 
     Example: lbsearch models list --json
@@ -40,7 +470,7 @@ def models_list(
     from lbsearch.models.registry import MODEL_SETS, RELEASED
 
     if as_json:
-        print(json.dumps({"released": RELEASED, "sets": MODEL_SETS}, indent=2))
+        print_json({"released": RELEASED, "sets": MODEL_SETS})
         return
     table = Table("hub id", "modality", title="Released LanguageBind checkpoints")
     for hub_id, modality in RELEASED.items():
@@ -65,17 +495,14 @@ def models_download(
     from lbsearch.models.checkpoint import resolve
 
     for hub_id in hub_ids:
-        try:
-            files = resolve(hub_id, cache_dir=cache_dir)
-        except LbsearchError as exc:
-            fail(exc)
+        files = resolve(hub_id, cache_dir=cache_dir)
         console.print(f"{hub_id}: {files.folder}")
 
 
 @models_app.command("verify")
 def models_verify(
     checkpoints: Annotated[list[str], typer.Argument(help="Checkpoint folders or hub ids.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Load checkpoints strictly (every tensor must match config.json) and print what they are.
 
@@ -85,10 +512,7 @@ def models_verify(
 
     rows = []
     for name in checkpoints:
-        try:
-            encoder = load_checkpoint(name)
-        except LbsearchError as exc:
-            fail(exc)
+        encoder = load_checkpoint(name)
         vision = encoder.config.vision
         rows.append(
             {
@@ -99,12 +523,13 @@ def models_verify(
                 "width": vision.hidden_size,
                 "input": list(vision.image_size),
                 "frames": vision.num_frames,
+                "lora_r": vision.lora_r,
                 "logit_scale": encoder.logit_scale,
                 "weights_hash": encoder.weights_hash[:16],
             }
         )
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return
     table = Table(*rows[0].keys(), title="Verified checkpoints")
     for row in rows:
@@ -112,13 +537,5 @@ def models_verify(
     console.print(table)
 
 
-def main() -> None:
-    try:
-        app()
-    except LbsearchError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        sys.exit(1)
-
-
 if __name__ == "__main__":
-    main()
+    app()

@@ -153,6 +153,10 @@ def search(
     min_score: float | None = None,
 ) -> list[Hit]:
     query_parts = _collect_parts(text, like, parts)
+    if not lib.models:
+        raise ConfigError("this library has no model set: index something first (`lbsearch index PATH --models NAME`)")
+    if not lib.db.vector_groups():
+        raise QueryError(f"the library at {lib.folder} is empty: index some media first with `lbsearch index PATH`")
     targets = list(modalities or _default_targets(lib))
     unknown = [m for m in targets if m not in MODALITIES]
     if unknown:
