@@ -458,6 +458,43 @@ def ui(
     raise typer.Exit(subprocess.call(command, env=env))
 
 
+@app.command()
+def demo(
+    folder: Annotated[Path, typer.Option("--dir", help="Where to put the demo library and its index.")] = Path(
+        "lbsearch-demo"
+    ),
+    scenes: Annotated[int, typer.Option(help="Scenes to generate (each: video+sound, image, depth, thermal).")] = 40,
+    seed: Annotated[int, typer.Option(help="Seed of the generated world.")] = 0,
+    workers: Annotated[int, typer.Option(help="Decode processes.")] = 2,
+) -> None:
+    """Offline demo: generate a small synthetic five-modality library, index it with the bundled demo models,
+    run text->X, X->Y and joint queries, and show how to open the UI on it.
+
+    Example: lbsearch demo --dir /tmp/lbsearch-demo --scenes 60
+    """
+    from lbsearch.demo import run_demo
+
+    console.print(f"Generating {scenes} scenes and indexing them under [bold]{folder}[/] ...")
+    report = run_demo(folder, scenes=scenes, seed=seed, workers=workers)
+    ingest = report.ingest
+    console.print(f"Indexed {ingest.embedded} files ({ingest.vectors} vectors) in {ingest.seconds:.1f} s.\n")
+    for query in report.queries:
+        table = Table("#", "score", "z", "moment", "path", title=f"{query.kind}: {query.query}", title_justify="left")
+        for hit in query.hits:
+            moment = "whole" if hit.start is None else f"{hit.start:.1f}-{hit.end:.1f} s"
+            table.add_row(
+                str(hit.rank),
+                f"{hit.score:.3f}",
+                f"{hit.calibrated:.2f}",
+                moment,
+                str(Path(hit.path).relative_to(report.library.resolve())),
+            )
+        console.print(table)
+        verdict = "[green]top hit matches[/]" if query.top_matches else "[yellow]top hit differs[/]"
+        console.print(f"  expected {query.expect}: {verdict}\n")
+    console.print(f"Open the search page on it:  [bold]lbsearch ui --index {report.index}[/]")
+
+
 # -------------------------------------------------------------------------------------------- models
 
 
