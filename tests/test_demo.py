@@ -10,14 +10,21 @@ from typer.testing import CliRunner
 from lbsearch.demo import demo_models_present, run_demo
 from lbsearch.models import registry
 
-GOLDEN_SET = {"video": "video_ft", "audio": "audio_ft", "depth": "depth_lora", "thermal": "thermal_lora",
-              "image": "image"}
+GOLDEN_SET = {
+    "video": "video_ft",
+    "audio": "audio_ft",
+    "depth": "depth_lora",
+    "thermal": "thermal_lora",
+    "image": "image",
+}
 
 
 @pytest.fixture
 def golden_demo_set(golden: Path, monkeypatch) -> None:
     """Stand the tiny golden checkpoints in for the demo set (same input size as the toy world)."""
-    monkeypatch.setitem(registry.MODEL_SETS, "demo", {m: str(golden / "checkpoints" / n) for m, n in GOLDEN_SET.items()})
+    monkeypatch.setitem(
+        registry.MODEL_SETS, "demo", {m: str(golden / "checkpoints" / n) for m, n in GOLDEN_SET.items()}
+    )
 
 
 def test_demo_generates_indexes_and_queries(golden_demo_set, tmp_path: Path) -> None:
@@ -25,7 +32,11 @@ def test_demo_generates_indexes_and_queries(golden_demo_set, tmp_path: Path) -> 
     # 6 scenes x (video with its sound, a wav, and one RGB/depth/thermal scene item of three files)
     assert report.ingest.embedded == 6 * 5 and report.ingest.failed == 0
     assert [q.kind for q in report.queries] == [
-        "text->video", "text->image", "text->audio", "audio->video (emergent)", "thermal->image (emergent)",
+        "text->video",
+        "text->image",
+        "text->audio",
+        "audio->video (emergent)",
+        "thermal->image (emergent)",
         "joint video+audio",
     ]
     assert all(q.hits for q in report.queries)
