@@ -1,0 +1,512 @@
+"""A FAISS index over the L2-normalised embeddings of one (model, modality).
+
+Scores are inner products of unit vectors (cosine similarity); ids are int64 database vector ids. The verbs
+follow faiss' own Python API: `add_with_ids`, `remove_ids`, `search`, `ntotal`, `write`, `read`, plus
+`VectorIndex.build`, which picks an index type for the data size (`choose_factory`) and, for approximate
+types, raises nprobe (IVF) or efSearch (HNSW) until recall@10 against exact search reaches a target on a
+sample of queries: vectors of the indexed modality and, when given, text-like queries. The measured recall
+and the chosen parameter are kept in `info`.
+
+Every vector and query is L2-normalised on the way in (a copy, only when it is not unit already); rows that
+are zero or not finite are rejected with `VectorIndexError`.
+
+File format, one file written atomically (temporary file in the same folder, fsync, os.replace):
+
+    8 bytes   MAGIC
+    8 bytes   header length H, unsigned little-endian
+    H bytes   UTF-8 JSON: format_version, info, watermarks, payload_bytes, payload_crc32
+    rest      faiss.serialize_index payload
+
+`watermarks` ({"max_vector_id": int, "delete_seq": int}) are set by the caller: they say which rows of the
+database's append-only vector table and deletion log the file already contains.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import struct
+import tempfile
+import zlib
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from lbsearch.errors import LbsearchError
+
+logger = logging.getLogger(__name__)
+
+EXACT_FACTORY = "IDMap2,Flat"
+# Below this many vectors brute force is exact and still fast enough for interactive use (768-d, 50k: about
+# 30 ms per query on one core of the 2-core dev VM).
+EXACT_MAX_VECTORS = 50_000
+# Above this much raw float32 storage the IVF lists hold 8-bit scalar-quantised codes (4x smaller).
+FLAT_MAX_BYTES = 8 << 30
+# k-means wants at least 39 training points per centroid; more only slows the build.
+TRAIN_POINTS_PER_LIST = 40
+# Non-IVF trained codecs (PQ, SQ) subsample to at most this many points themselves.
+TRAIN_SAMPLE_OTHER = 65_536
+RECALL_K = 10
+DEFAULT_RECALL_TARGET = 0.95
+# Queries per kind (indexed vectors, caller's queries) used to measure recall.
+RECALL_SAMPLE = 200
+HNSW_MIN_EF_SEARCH = 16
+HNSW_MAX_EF_SEARCH = 4096
+# From this size on, a multi-GPU machine shards the index over all GPUs instead of using one.
+MULTI_GPU_MIN_VECTORS = 1_000_000
+DEFAULT_WATERMARKS = {"max_vector_id": 0, "delete_seq": 0}
+
+MAGIC = b"LBSVIDX\x01"
+FORMAT_VERSION = 1
+_LENGTH = struct.Struct("<Q")
+
+
+class VectorIndexError(LbsearchError):
+    """Vectors, ids, queries or a factory string the index cannot use."""
+
+
+class IndexFileError(LbsearchError):
+    """An index file that cannot be written or read back (missing, truncated, corrupt): rebuild it."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def choose_factory(n: int, dim: int) -> str:
+    """The FAISS factory string for `n` vectors of `dim` dimensions: exact "IDMap2,Flat" (brute-force inner
+    product) below EXACT_MAX_VECTORS, else `approximate_factory(n, dim)`."""
+    return EXACT_FACTORY if n < EXACT_MAX_VECTORS else approximate_factory(n, dim)
+
+
+def approximate_factory(n: int, dim: int) -> str:
+    """The approximate index for `n` vectors: "IVF{nlist},Flat" with nlist = round(4 * sqrt(n)) inverted lists,
+    "IVF{nlist},SQ8" (8-bit codes) once raw float32 storage, n * dim * 4 bytes, exceeds FLAT_MAX_BYTES (about
+    2.8 million 768-d vectors)."""
+    nlist = max(1, round(4 * math.sqrt(n)))
+    codec = "SQ8" if n * dim * 4 > FLAT_MAX_BYTES else "Flat"
+    return f"IVF{nlist},{codec}"
+
+
+def on_compute_device(index: faiss.Index, num_gpus: int | None = None) -> faiss.Index:
+    """The index to build and search with: a copy on the GPU(s) when there are any, else `index` itself.
+
+    `num_gpus` defaults to faiss.get_num_gpus(), which is 0 with faiss-cpu. Indexes of at least
+    MULTI_GPU_MIN_VECTORS vectors are sharded over all GPUs, smaller ones go to one GPU. Index types without
+    a GPU implementation (HNSW) stay on the CPU. Builds start from an empty index, so they use one GPU.
+    The caller keeps `index` as the CPU copy for write/remove.
+    """
+    if num_gpus is None:
+        num_gpus = faiss.get_num_gpus()
+    if num_gpus <= 0:
+        return index
+    options = faiss.GpuMultipleClonerOptions()
+    options.shard = True
+    used_gpus = num_gpus if index.ntotal >= MULTI_GPU_MIN_VECTORS else 1
+    try:
+        return faiss.index_cpu_to_all_gpus(index, co=options, ngpu=used_gpus)
+    except RuntimeError as err:
+        logger.info("index stays on the CPU: %s", err)
+        return index
+
+
+class VectorIndex:
+    """One FAISS inner-product index with int64 ids. Make one with `build` or `read`."""
+
+    def __init__(self, index: faiss.Index, info: dict[str, Any], watermarks: dict[str, int] | None = None):
+        self._index = index
+        self._info = {key: value for key, value in info.items() if key != "ntotal"}
+        self._device_index: faiss.Index | None = None
+        self.watermarks = dict(DEFAULT_WATERMARKS if watermarks is None else watermarks)
+
+    @classmethod
+    def build(
+        cls,
+        vectors: np.ndarray,
+        ids: np.ndarray,
+        factory: str | None = None,
+        recall_queries: np.ndarray | None = None,
+        recall_target: float = DEFAULT_RECALL_TARGET,
+    ) -> VectorIndex:
+        """Index `vectors` [n, dim] under `ids` [n].
+
+        `factory` forces any FAISS factory string (default: `choose_factory`). `recall_queries` [m, dim] are
+        queries of the kind users will issue, e.g. text embeddings: they lie in another region of the space
+        than the media vectors, so an approximate index is tuned on them as well as on indexed vectors.
+        They are deliberately not mixed into IVF training: centroids placed among text points hold no media
+        vectors, so text queries would spend their probes on empty lists (measured on clustered synthetic data
+        with a modality gap, 20k 64-d: text recall@10 at nprobe 16 fell from 1.00 to 0.04).
+        """
+        vectors = _unit_rows(vectors, None, "vectors")
+        dim = vectors.shape[1]
+        ids = _id_array(ids, len(vectors))
+        _reject_duplicates(ids, np.empty(0, dtype=np.int64))
+        if recall_queries is not None:
+            recall_queries = _unit_rows(recall_queries, dim, "recall_queries")
+        if not 0.0 < recall_target <= 1.0:
+            raise VectorIndexError(f"recall_target must be in (0, 1], got {recall_target}")
+        factory = factory or choose_factory(len(vectors), dim)
+        cpu_index = _new_index(factory, dim)
+        device_index = on_compute_device(cpu_index)
+        try:
+            if not cpu_index.is_trained:
+                device_index.train(_training_sample(vectors, _core(cpu_index)))
+            device_index.add_with_ids(vectors, ids)
+        except RuntimeError as err:
+            raise VectorIndexError(f"cannot build {factory!r} from {len(vectors)} vectors: {err}") from err
+        if device_index is not cpu_index:
+            cpu_index = faiss.index_gpu_to_cpu(device_index)
+        built = cls(cpu_index, {"factory": factory, "dim": dim, "metric": "inner_product"})
+        built._tune(vectors, ids, recall_queries, recall_target)
+        built._info["built_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        return built
+
+    @property
+    def ntotal(self) -> int:
+        """Number of vectors in the index."""
+        return int(self._index.ntotal)
+
+    def ids(self) -> np.ndarray:
+        """Every id in the index (int64, in storage order)."""
+        return _stored_ids(self._index)
+
+    @property
+    def dim(self) -> int:
+        return int(self._index.d)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """factory, dim, metric, ntotal, recall_at_10 (+ per query kind), recall_target, nprobe or efSearch,
+        built_at. A copy: changing it changes nothing."""
+        return {**self._info, "ntotal": self.ntotal}
+
+    def add_with_ids(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Add `vectors` [n, dim] under `ids` [n]; an id already in the index raises VectorIndexError."""
+        vectors = _unit_rows(vectors, self.dim, "vectors")
+        ids = _id_array(ids, len(vectors))
+        _reject_duplicates(ids, _stored_ids(self._index))
+        self._index.add_with_ids(vectors, ids)
+        self._device_index = None
+
+    def remove_ids(self, ids: np.ndarray) -> int:
+        """Remove `ids` (unknown ids are ignored); returns how many vectors were removed.
+
+        Graph indexes (HNSW) cannot delete in place: they are rebuilt from the remaining vectors, which costs
+        a full graph build. IVF and flat indexes delete in place.
+        """
+        ids = _id_array(ids, None)
+        try:
+            removed = self._index.remove_ids(ids)
+        except RuntimeError as err:
+            if "not implemented" not in str(err):
+                raise
+            removed = self._rebuild_without(ids)
+        self._device_index = None
+        return int(removed)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k best ids per query: (scores [n, k] float32, ids [n, k] int64), best first.
+
+        Slots beyond the number of indexed vectors hold id -1 and score -inf.
+        """
+        queries = _unit_rows(queries, self.dim, "queries")
+        if k < 1:
+            raise VectorIndexError(f"k must be at least 1, got {k}")
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        found = np.full((len(queries), k), -1, dtype=np.int64)
+        searched_k = min(k, self.ntotal)
+        if searched_k == 0 or len(queries) == 0:
+            return scores, found
+        if self._device_index is None:
+            self._device_index = on_compute_device(self._index)
+        scores[:, :searched_k], found[:, :searched_k] = self._device_index.search(queries, searched_k)
+        scores[found < 0] = -np.inf
+        return scores, found
+
+    def write(self, path: str | Path) -> None:
+        """Write index, info and watermarks to one file, atomically: a failure leaves any old file intact."""
+        path = Path(path)
+        watermarks = _checked_watermarks(self.watermarks)
+        payload = faiss.serialize_index(self._index)
+        header = json.dumps(
+            {
+                "format_version": FORMAT_VERSION,
+                "info": self.info,
+                "watermarks": watermarks,
+                "payload_bytes": len(payload),
+                "payload_crc32": zlib.crc32(payload),
+            }
+        ).encode()
+        try:
+            descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        except OSError as err:
+            raise IndexFileError(path, f"cannot create a temporary file next to it: {err}") from err
+        try:
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(MAGIC + _LENGTH.pack(len(header)) + header)
+                file.write(memoryview(payload))
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException as err:
+            Path(temporary).unlink(missing_ok=True)
+            if isinstance(err, OSError):
+                raise IndexFileError(path, f"cannot write: {err}") from err
+            raise
+        _fsync_folder(path.parent)
+
+    @classmethod
+    def read(cls, path: str | Path) -> VectorIndex:
+        """Read a file written by `write`; anything unreadable raises IndexFileError naming the file."""
+        path = Path(path)
+        try:
+            with open(path, "rb") as file:
+                file_bytes = os.fstat(file.fileno()).st_size
+                prefix = file.read(len(MAGIC) + _LENGTH.size)
+                if len(prefix) < len(MAGIC) + _LENGTH.size or prefix[: len(MAGIC)] != MAGIC:
+                    raise IndexFileError(path, "not an lbsearch vector index file (bad magic bytes)")
+                (header_bytes,) = _LENGTH.unpack(prefix[len(MAGIC) :])
+                if header_bytes > file_bytes - len(prefix):
+                    raise IndexFileError(path, "truncated inside the header")
+                header = _parse_header(path, file.read(header_bytes))
+                if header["payload_bytes"] != file_bytes - len(prefix) - header_bytes:
+                    raise IndexFileError(path, "truncated or padded: payload size differs from its header")
+                payload = np.empty(header["payload_bytes"], dtype=np.uint8)
+                file.readinto(memoryview(payload))
+        except OSError as err:
+            raise IndexFileError(path, f"cannot read: {err}") from err
+        if zlib.crc32(payload) != header["payload_crc32"]:
+            raise IndexFileError(path, "corrupt: payload checksum mismatch")
+        try:
+            index = faiss.deserialize_index(payload)
+        except RuntimeError as err:
+            raise IndexFileError(path, f"corrupt faiss payload: {err}") from err
+        info = header["info"]
+        if info.get("dim") != index.d or info.get("ntotal") != index.ntotal:
+            raise IndexFileError(path, "header info does not match the faiss payload")
+        return cls(index, info, header["watermarks"])
+
+    def _tune(self, vectors: np.ndarray, ids: np.ndarray, recall_queries: np.ndarray | None, target: float) -> None:
+        """Raise the search parameter until recall@10 reaches `target` for every query kind; record it."""
+        self._info["recall_target"] = target
+        searched = faiss.downcast_index(self._index)
+        if isinstance(searched, faiss.IndexIDMap):
+            searched = faiss.downcast_index(searched.index)
+        if isinstance(searched, faiss.IndexFlat) or len(vectors) == 0:
+            self._info["recall_at_10"] = 1.0
+            return
+        rng = np.random.default_rng(0)
+        query_sets = {"indexed": vectors[rng.choice(len(vectors), min(RECALL_SAMPLE, len(vectors)), False)]}
+        if recall_queries is not None and len(recall_queries) > 0:
+            picked = rng.choice(len(recall_queries), min(RECALL_SAMPLE, len(recall_queries)), False)
+            query_sets["queries"] = recall_queries[picked]
+        k = min(RECALL_K, len(vectors))
+        truth = {
+            kind: ids[faiss.knn(queries, vectors, k, faiss.METRIC_INNER_PRODUCT)[1]]
+            for kind, queries in query_sets.items()
+        }
+        core = _core(self._index)
+        parameter, values = _search_parameter(core)
+        for value in values:
+            if parameter is not None:
+                _set_search_parameter(core, parameter, value)
+                self._info[parameter] = value
+            recalls = {
+                kind: _recall(self._index.search(queries, k)[1], truth[kind]) for kind, queries in query_sets.items()
+            }
+            if min(recalls.values()) >= target:
+                break
+        else:
+            logger.warning(
+                "%s reaches recall@%d %.3f only, below the target %.2f",
+                self._info["factory"],
+                k,
+                min(recalls.values()),
+                target,
+            )
+        self._info["recall_at_10"] = min(recalls.values())
+        self._info["recall_at_10_by_query"] = recalls
+
+    def _rebuild_without(self, ids: np.ndarray) -> int:
+        """Rebuild an index that cannot delete in place from its remaining vectors; returns the count removed."""
+        stored = _stored_ids(self._index)
+        kept = stored[~np.isin(stored, ids)]
+        if len(kept) == len(stored):
+            return 0
+        try:
+            vectors = self._index.reconstruct_batch(kept)
+        except RuntimeError as err:
+            raise VectorIndexError(
+                f"index {self._info['factory']!r} can neither remove ids nor return its vectors"
+            ) from err
+        rebuilt = _new_index(self._info["factory"], self.dim)
+        if not rebuilt.is_trained:
+            rebuilt.train(vectors)
+        parameter, _ = _search_parameter(_core(rebuilt))
+        if parameter in self._info:
+            _set_search_parameter(_core(rebuilt), parameter, self._info[parameter])
+        rebuilt.add_with_ids(vectors, kept)
+        self._index = rebuilt
+        return len(stored) - len(kept)
+
+
+def _unit_rows(rows: np.ndarray, dim: int | None, what: str) -> np.ndarray:
+    """`rows` as a C-contiguous float32 [n, dim] array of unit vectors (copied only when needed)."""
+    rows = np.asarray(rows)
+    if rows.ndim != 2 or not np.issubdtype(rows.dtype, np.number):
+        raise VectorIndexError(f"{what} must be a 2-D numeric array [n, dim], got shape {rows.shape}")
+    if dim is not None and rows.shape[1] != dim:
+        raise VectorIndexError(f"{what} have dimension {rows.shape[1]}, the index has {dim}")
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    norms = np.linalg.norm(rows, axis=1)
+    if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+        raise VectorIndexError(f"{what} contain rows that are zero or not finite")
+    if len(rows) and np.abs(norms - 1).max() > 1e-5:
+        rows = rows / norms[:, None]
+    return rows
+
+
+def _id_array(ids: np.ndarray, count: int | None) -> np.ndarray:
+    """`ids` as a 1-D int64 array of non-negative ids (-1 means "no result"), `count` long if given."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
+        raise VectorIndexError(f"ids must be a 1-D integer array, got {ids.dtype} of shape {ids.shape}")
+    if count is not None and len(ids) != count:
+        raise VectorIndexError(f"{len(ids)} ids for {count} vectors")
+    if ids.size and ids.min() < 0:
+        raise VectorIndexError("ids must be non-negative")
+    return np.ascontiguousarray(ids, dtype=np.int64)
+
+
+def _reject_duplicates(new_ids: np.ndarray, stored_ids: np.ndarray) -> None:
+    unique = np.unique(new_ids)
+    if len(unique) != len(new_ids):
+        raise VectorIndexError("ids repeat within the batch")
+    clashes = unique[np.isin(unique, stored_ids)]
+    if len(clashes):
+        raise VectorIndexError(f"{len(clashes)} ids are already in the index, e.g. {clashes[:5].tolist()}")
+
+
+def _new_index(factory: str, dim: int) -> faiss.Index:
+    """An empty inner-product index from a factory string, wrapped in IDMap2 if it cannot take ids itself."""
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as err:
+        raise VectorIndexError(f"invalid FAISS factory string {factory!r} for dim {dim}: {err}") from err
+    top = faiss.downcast_index(index)
+    while isinstance(top, faiss.IndexPreTransform):
+        top = faiss.downcast_index(top.index)
+    if isinstance(top, (faiss.IndexIDMap, faiss.IndexIVF)):
+        return index
+    return faiss.IndexIDMap2(index)
+
+
+def _core(index: faiss.Index) -> faiss.Index:
+    """The index doing the search work, under IDMap, pre-transform and refine wrappers."""
+    index = faiss.downcast_index(index)
+    while True:
+        if isinstance(index, (faiss.IndexIDMap, faiss.IndexPreTransform)):
+            index = faiss.downcast_index(index.index)
+        elif isinstance(index, faiss.IndexRefine):
+            index = faiss.downcast_index(index.base_index)
+        else:
+            return index
+
+
+def _stored_ids(index: faiss.Index) -> np.ndarray:
+    """Every id in an index made by `_new_index` (IDMap at the top, or IVF under pre-transforms)."""
+    top = faiss.downcast_index(index)
+    while isinstance(top, faiss.IndexPreTransform):
+        top = faiss.downcast_index(top.index)
+    if isinstance(top, faiss.IndexIDMap):
+        return faiss.vector_to_array(top.id_map)
+    lists = top.invlists
+    per_list = [
+        faiss.rev_swig_ptr(lists.get_ids(number), lists.list_size(number)).copy()
+        for number in range(top.nlist)
+        if lists.list_size(number)
+    ]
+    return np.concatenate(per_list) if per_list else np.empty(0, dtype=np.int64)
+
+
+def _training_sample(vectors: np.ndarray, core: faiss.Index) -> np.ndarray:
+    size = TRAIN_POINTS_PER_LIST * core.nlist if isinstance(core, faiss.IndexIVF) else TRAIN_SAMPLE_OTHER
+    if len(vectors) <= size:
+        return vectors
+    rng = np.random.default_rng(0)
+    return vectors[np.sort(rng.choice(len(vectors), size, replace=False))]
+
+
+def _search_parameter(core: faiss.Index) -> tuple[str | None, list[int]]:
+    """The speed/recall knob of an index and the values to try, lowest first; (None, [0]) when it has none."""
+    if isinstance(core, faiss.IndexIVF):
+        return "nprobe", _geometric_steps(1, core.nlist)
+    if isinstance(core, faiss.IndexHNSW):
+        return "efSearch", _geometric_steps(HNSW_MIN_EF_SEARCH, HNSW_MAX_EF_SEARCH)
+    return None, [0]
+
+
+def _geometric_steps(low: int, high: int) -> list[int]:
+    """low, 1.5 low, 2 low, 3 low, 4 low, 6 low ... up to and including high: at most 50% overshoot."""
+    steps = {high}
+    power = low
+    while power < high:
+        steps.update(value for value in (power, power * 3 // 2) if value < high)
+        power *= 2
+    return sorted(steps)
+
+
+def _set_search_parameter(core: faiss.Index, parameter: str, value: int) -> None:
+    if parameter == "nprobe":
+        core.nprobe = value
+    else:
+        core.hnsw.efSearch = value
+
+
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of the exact top-k ids that the approximate search also returned."""
+    hits = sum(len(np.intersect1d(row, exact)) for row, exact in zip(found, truth, strict=True))
+    return hits / truth.size
+
+
+def _checked_watermarks(watermarks: dict[str, int]) -> dict[str, int]:
+    if (
+        not isinstance(watermarks, dict)
+        or set(watermarks) != set(DEFAULT_WATERMARKS)
+        or not all(
+            isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in watermarks.values()
+        )
+    ):
+        raise VectorIndexError(f"watermarks must be integers {sorted(DEFAULT_WATERMARKS)}, got {watermarks}")
+    return {key: int(value) for key, value in watermarks.items()}
+
+
+def _parse_header(path: Path, raw: bytes) -> dict[str, Any]:
+    try:
+        header = json.loads(raw)
+        if header["format_version"] != FORMAT_VERSION:
+            raise IndexFileError(path, f"unknown format version {header['format_version']}")
+        for key, kind in (("info", dict), ("payload_bytes", int), ("payload_crc32", int)):
+            if not isinstance(header[key], kind):
+                raise IndexFileError(path, f"header field {key!r} is not a {kind.__name__}")
+        header["watermarks"] = _checked_watermarks(header["watermarks"])
+    except (ValueError, KeyError, TypeError, VectorIndexError) as err:
+        raise IndexFileError(path, f"corrupt header: {err}") from err
+    return header
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename durable (POSIX); folders cannot be opened for fsync on Windows."""
+    if os.name != "posix":
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
