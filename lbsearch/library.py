@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lbsearch import query
 from lbsearch.db import Database
 from lbsearch.errors import ConfigError
 from lbsearch.models import MODALITIES, Encoder, load_checkpoint
@@ -242,9 +243,7 @@ class Library:
           several) or "segment" (every matching window). ``k`` hits from ``offset``.
         - ``filters`` on file metadata; ``min_score``: a cut-off on the calibrated (z-)score.
         """
-        from lbsearch.query import search
-
-        return search(
+        return query.search(
             self,
             text,
             like=like,
@@ -264,6 +263,4 @@ class Library:
     ) -> dict[int, list[tuple[str, float]]]:
         """Zero-shot labels for indexed files of ``modality`` (official prompt templates): ``{file_id: [(label,
         probability), ...]}``."""
-        from lbsearch.query import classify
-
-        return classify(self, class_names, modality, file_ids, k)
+        return query.classify(self, class_names, modality, file_ids, k)
