@@ -127,7 +127,7 @@ def require_searchable(handle: LibraryHandle) -> list[str]:
 def library_files(handle: LibraryHandle) -> list[FileRecord]:
     """Every indexed (status ok) file, by path."""
     with handle.lock:
-        return [record for record in handle.library.db.files_under(["/"]) if record.status == "ok"]
+        return handle.library.files("ok")
 
 
 def search(handle: LibraryHandle, slot: str, **query: Any) -> list[Hit] | None:

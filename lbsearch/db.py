@@ -585,8 +585,12 @@ class Database:
         inside = or_(*(func.substr(File.path, 1, len(prefix)) == prefix for prefix in prefixes))
         return self._file_records(inside, order_by=File.path)
 
+    def files(self, status: str | None = None) -> list[FileRecord]:
+        """Every file (with this status: pending, ok or error), by path."""
+        return self._file_records(*([] if status is None else [File.status == status]), order_by=File.path)
+
     def failed_files(self) -> list[FileRecord]:
-        return self._file_records(File.status == "error", order_by=File.path)
+        return self.files("error")
 
     def files_lacking_vectors(self, model_id: int, modality: str) -> list[FileRecord]:
         """Embedded files that should have a (model, modality) vector and have none (e.g. a new model version).

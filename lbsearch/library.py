@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from lbsearch import query
-from lbsearch.db import Database
+from lbsearch.db import Database, FileRecord
 from lbsearch.errors import ConfigError
 from lbsearch.models import MODALITIES, Encoder, load_checkpoint
 from lbsearch.models.registry import MODEL_SETS, model_set
@@ -210,6 +210,10 @@ class Library:
             "indexes": indexes,
             "failed": [{"path": f.path, "error": f.error} for f in self.db.failed_files()],
         }
+
+    def files(self, status: str | None = "ok") -> list[FileRecord]:
+        """The library's files (default: those embedded), by path."""
+        return self.db.files(status)
 
     def verify(self) -> list[Disagreement]:
         return self.store.verify()
