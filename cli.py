@@ -199,6 +199,15 @@ def _parse_date(value: str | None, option: str) -> datetime | None:
         raise
 
 
+def _metadata_value(value: str) -> Any:
+    """A --where value as the column holds it: JSON numbers, true/false and null, else the text itself."""
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return value
+    return parsed if parsed is None or isinstance(parsed, (bool, int, float)) else value
+
+
 @app.command()
 def search(
     text: Annotated[str | None, typer.Argument(help="What to look for, in words.")] = None,
@@ -206,7 +215,12 @@ def search(
         str | None, typer.Option("--like", help="A media file (or an indexed file's id) to search like.")
     ] = None,
     like_as: Annotated[
-        str | None, typer.Option("--like-as", help="What an image given to --like is: image, depth or thermal.")
+        str | None,
+        typer.Option(
+            "--like-as",
+            help="What an image given to --like is (image, depth or thermal); for an indexed file's id, which of "
+            "its vectors to use (e.g. audio: a video's sound).",
+        ),
     ] = None,
     start: Annotated[float | None, typer.Option("--from", help="Start (s) of the --like file's moment.")] = None,
     end: Annotated[float | None, typer.Option("--to", help="End (s) of the --like file's moment.")] = None,
@@ -233,7 +247,8 @@ def search(
     after: Annotated[str | None, typer.Option(help="Only files modified after this date.")] = None,
     before: Annotated[str | None, typer.Option(help="Only files modified before this date.")] = None,
     where: Annotated[
-        list[str] | None, typer.Option("--where", help="COLUMN=VALUE on file metadata (e.g. width=1920).")
+        list[str] | None,
+        typer.Option("--where", help="COLUMN=VALUE on file metadata (e.g. width=1920, has_audio=false)."),
     ] = None,
     min_score: Annotated[float | None, typer.Option(help="Cut-off on the calibrated score (z-score).")] = None,
     index_dir: IndexOption = None,
@@ -249,24 +264,31 @@ def search(
       lbsearch search --part rain.wav=2 --part "at night=0.5" --part "people=-1" --in video --fuse rrf
       lbsearch search "a red circle" --in image --json
     """
+    # Usage errors first: they should not wait for the model layer (torch) to import.
+    if like is None and (start is not None or end is not None or like_as is not None):
+        fail("--from, --to and --like-as describe the --like query; give --like too", code=2)
+    weighted_parts = [(q, to_float(w, f"--part {q}")) for q, w in split_pairs(part or [], "--part")]
+    weights = {m: to_float(w, f"--weight {m}") for m, w in split_pairs(weight or [], "--weight")}
+    metadata = {column: _metadata_value(value) for column, value in split_pairs(where or [], "--where")}
+    modified_after, modified_before = _parse_date(after, "--after"), _parse_date(before, "--before")
+
     from lbsearch.query import FileQuery, Filters, StoredQuery, parse_part
 
     like_query = None
     if like is not None:
-        if like.isdigit():
-            like_query = StoredQuery(int(like), start, end)
+        if like.isdigit() and not Path(like).exists():
+            like_query = StoredQuery(int(like), start, end, modality=like_as)
         else:
             like_query = FileQuery(like, as_modality=like_as, start=start, end=end)
-    parts = [(parse_part(q), to_float(w, f"--part {q}")) for q, w in split_pairs(part or [], "--part")]
-    weights = {m: to_float(w, f"--weight {m}") for m, w in split_pairs(weight or [], "--weight")}
+    parts = [(parse_part(q), w) for q, w in weighted_parts]
     filters = Filters(
         path_glob=glob,
         file_modalities=tuple(file_modality) if file_modality else None,
         min_duration=min_duration,
         max_duration=max_duration,
-        modified_after=_parse_date(after, "--after"),
-        modified_before=_parse_date(before, "--before"),
-        where=dict(split_pairs(where or [], "--where")),
+        modified_after=modified_after,
+        modified_before=modified_before,
+        where=metadata,
     )
     lib = open_library(index_dir, db, device)
     hits = lib.search(

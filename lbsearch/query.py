@@ -30,7 +30,7 @@ from lbsearch.db import FileFilter, VectorInfo
 from lbsearch.errors import ConfigError, MediaError
 from lbsearch.fusion import FUSION_MODES, QueryError, combine_query_parts, fuse
 from lbsearch.models import MODALITIES
-from lbsearch.scan import modality_of_extension
+from lbsearch.scan import IMAGE_MODALITIES, modality_of_extension
 
 if TYPE_CHECKING:
     from lbsearch.library import Library
@@ -128,12 +128,13 @@ class Hit:
 
 
 def parse_part(value: str | Path | QueryPart) -> QueryPart:
-    """A plain string is a file when it names an existing media file, else text."""
+    """A plain string is a file when it ends in a media extension ("rain.wav"), else text.
+
+    A missing file is then reported as missing, rather than searched for as the words "rain.wav"."""
     if isinstance(value, (TextQuery, FileQuery, StoredQuery)):
         return value
-    path = Path(value).expanduser()
-    if isinstance(value, Path) or (modality_of_extension(path) and path.exists()):
-        return FileQuery(str(path))
+    if isinstance(value, Path) or modality_of_extension(value):
+        return FileQuery(str(Path(value).expanduser()))
     return TextQuery(str(value))
 
 
@@ -155,12 +156,14 @@ def search(
     query_parts = _collect_parts(text, like, parts)
     if not lib.models:
         raise ConfigError("this library has no model set: index something first (`lbsearch index PATH --models NAME`)")
-    if not lib.db.vector_groups():
+    indexed = set(lib.db.vector_groups())
+    if not indexed:
         raise QueryError(f"the library at {lib.folder} is empty: index some media first with `lbsearch index PATH`")
-    targets = list(modalities or _default_targets(lib))
+    targets = list(dict.fromkeys(modalities or _default_targets(lib, indexed)))
     unknown = [m for m in targets if m not in MODALITIES]
     if unknown:
         raise ConfigError(f"unknown modality {unknown[0]!r}; expected some of {', '.join(MODALITIES)}")
+    model_ids = _require_indexed(lib, targets, indexed)
     if fuse_mode not in FUSION_MODES:
         raise QueryError(f"unknown fusion mode {fuse_mode!r}; expected one of {', '.join(FUSION_MODES)}")
     group = group or ("item" if len(targets) > 1 else "file")
@@ -177,10 +180,10 @@ def search(
     for modality in targets:
         query = _query_vector(lib, query_parts, modality)
         queries[modality] = query
-        per_modality[modality] = _search_one(lib, modality, query, wanted, group, filters)
-        calibrators[modality] = _calibrator(lib, modality, query, _query_kind(query_parts))
+        per_modality[modality] = _search_one(lib, model_ids[modality], modality, query, wanted, group, filters)
+        calibrators[modality] = _calibrator(lib, model_ids[modality], modality, query, _query_kind(query_parts))
     if len(targets) > 1 and group != "segment":
-        _fill_missing(lib, per_modality, queries, group)
+        _fill_missing(lib, model_ids, per_modality, queries, filters)
 
     scores = {m: {key: cosine for key, (cosine, _) in found.items()} for m, found in per_modality.items()}
     if not any(scores.values()):
@@ -206,7 +209,8 @@ def search(
                 info.end,
                 info.vector_id,
             )
-        calibrated = sum(abs((weights or {}).get(m, 1.0)) * match.calibrated for m, match in matches.items())
+        # Signed like the fused score: an item that matches a negatively weighted modality well scores lower.
+        calibrated = sum((weights or {}).get(m, 1.0) * match.calibrated for m, match in matches.items())
         calibrated /= total_weight
         if min_score is not None and calibrated < min_score:
             continue
@@ -236,19 +240,42 @@ def _collect_parts(text, like, parts) -> list[tuple[QueryPart, float]]:
     if text:
         collected.append((TextQuery(text), 1.0))
     if like is not None:
-        collected.append((parse_part(like), 1.0))
+        # ``like`` names an example, so a plain string is always a file (a non-media one is reported as such).
+        is_part = isinstance(like, (TextQuery, FileQuery, StoredQuery))
+        collected.append((like if is_part else FileQuery(str(Path(like).expanduser())), 1.0))
     for value, weight in parts or ():
+        part = parse_part(value)
         if not math.isfinite(weight):
-            raise QueryError(f"weight of {value!r} must be a finite number, got {weight}")
-        collected.append((parse_part(value), float(weight)))
+            raise QueryError(f"the weight of query part {_describe(part)} must be a finite number, got {weight}")
+        collected.append((part, float(weight)))
     if not collected:
         raise QueryError("empty query: give a text, a file to search like, or weighted parts")
     return collected
 
 
-def _default_targets(lib: Library) -> list[str]:
-    indexed = {modality for _, modality in lib.db.vector_groups()}
-    return [m for m in MODALITIES if m in lib.models and m in indexed] or list(lib.models)
+def _describe(part: QueryPart) -> str:
+    if isinstance(part, TextQuery):
+        return repr(part.text)
+    return str(part.path if isinstance(part, FileQuery) else part.file)
+
+
+def _require_indexed(lib: Library, targets: Sequence[str], indexed: set[tuple[int, str]]) -> dict[str, int]:
+    """The model id of each target. Searching a modality with no vectors would only find nothing (and write an
+    empty index file): say so instead."""
+    model_ids = {modality: lib.model_id(modality) for modality in targets}
+    for modality, model_id in model_ids.items():
+        if (model_id, modality) not in indexed:
+            have = sorted({m for _, m in indexed})
+            raise QueryError(
+                f"nothing is indexed as {modality} with this library's {modality} model "
+                f"(indexed: {', '.join(have)}); index some {modality} first with `lbsearch index PATH`"
+            )
+    return model_ids
+
+
+def _default_targets(lib: Library, indexed: set[tuple[int, str]]) -> list[str]:
+    indexed_modalities = {modality for _, modality in indexed}
+    return [m for m in MODALITIES if m in lib.models and m in indexed_modalities] or list(lib.models)
 
 
 def _query_kind(parts: list[tuple[QueryPart, float]]) -> str:
@@ -270,15 +297,37 @@ def _embed_part(lib: Library, part: QueryPart, target: str) -> np.ndarray:
         path = Path(part.path).expanduser()
         if not path.is_file():
             raise MediaError(path, "no such file")
-        modality = part.as_modality or modality_of_extension(path)
-        if modality is None:
-            raise MediaError(path, "not a media file lbsearch can read (unknown extension)")
-        if modality == "image" and part.as_modality is None:
-            modality = "image"
+        modality = _file_modality(path, part)
         encoder = lib.encoder(modality)
         tensor = encoder.preprocess(path, start=part.start, end=part.end)
         return encoder.encode(tensor[None])[0].numpy()
     return _stored_vector(lib, part)
+
+
+def _file_modality(path: Path, part: FileQuery) -> str:
+    """The modality a query file is embedded as (checking its time range)."""
+    modality = modality_of_extension(path)
+    if modality is None:
+        raise MediaError(path, "not a media file lbsearch can read (unknown extension)")
+    if part.as_modality is not None:
+        if modality != "image" or part.as_modality not in IMAGE_MODALITIES:
+            raise QueryError(
+                f"{path}: as_modality says what an image is ({', '.join(IMAGE_MODALITIES)}); "
+                f"got {part.as_modality!r} for a {modality} file"
+            )
+        modality = part.as_modality
+    _check_range(path, modality, part.start, part.end)
+    return modality
+
+
+def _check_range(what: object, modality: str, start: float | None, end: float | None) -> None:
+    """A query's time range must be a real span of something that has a time axis."""
+    if start is None and end is None:
+        return
+    if modality not in ("video", "audio"):
+        raise QueryError(f"{what}: a time range applies to video and audio only, not to a {modality} file")
+    if (start is not None and start < 0) or (start is not None and end is not None and end <= start):
+        raise QueryError(f"{what}: the time range must have 0 <= start < end, got start={start}, end={end}")
 
 
 def _stored_vector(lib: Library, part: StoredQuery) -> np.ndarray:
@@ -290,6 +339,7 @@ def _stored_vector(lib: Library, part: StoredQuery) -> np.ndarray:
     if record is None:
         raise QueryError(f"{part.file}: not in this library")
     modality = part.modality or record.modality
+    _check_range(record.path, modality, part.start, part.end)
     found = lib.db.file_vectors(record.id, lib.model_id(modality), modality)
     if not found:
         raise QueryError(f"{record.path}: has no {modality} vector in this library")
@@ -314,9 +364,11 @@ def _group_key(info: VectorInfo, group: str) -> Any:
     return ("file", info.file_id)
 
 
-def _search_one(lib: Library, modality: str, query: np.ndarray, wanted: int, group: str, filters: Filters):
+def _search_one(
+    lib: Library, model_id: int, modality: str, query: np.ndarray, wanted: int, group: str, filters: Filters
+) -> dict[Any, tuple[float, VectorInfo]]:
     """Best cosine (and its vector) per group key, for at least ``wanted`` groups passing the filters."""
-    index = lib.store.index(lib.model_id(modality), modality)
+    index = lib.store.index(model_id, modality)
     if index.ntotal == 0:
         return {}
     fetch = min(index.ntotal, max(32, OVERFETCH * wanted))
@@ -324,13 +376,11 @@ def _search_one(lib: Library, modality: str, query: np.ndarray, wanted: int, gro
         scores, ids = index.search(query[None], fetch)
         valid = ids[0] >= 0
         infos = lib.db.describe_vectors(ids[0][valid].tolist())
-        allowed = lib.db.filter_files({i.file_id for i in infos.values()}, filters.to_db())
+        allowed = _allowed_files(lib, {i.file_id for i in infos.values()}, filters)
         best: dict[Any, tuple[float, VectorInfo]] = {}
         for score, vector_id in zip(scores[0][valid], ids[0][valid], strict=True):
             info = infos.get(int(vector_id))
-            if info is None or info.file_id not in allowed:
-                continue
-            if filters.path_glob and not fnmatch.fnmatch(info.path, filters.path_glob):
+            if info is None or not _passes(info, allowed, filters):
                 continue
             key = _group_key(info, group)
             if key not in best:
@@ -340,21 +390,38 @@ def _search_one(lib: Library, modality: str, query: np.ndarray, wanted: int, gro
         fetch = min(index.ntotal, fetch * 4)
 
 
-def _fill_missing(lib: Library, found: dict[str, dict], queries: dict[str, np.ndarray], group: str) -> None:
-    """Give every candidate its exact similarity in each searched modality where it has a vector."""
+def _fill_missing(
+    lib: Library, model_ids: dict[str, int], found: dict[str, dict], queries: dict[str, np.ndarray], filters: Filters
+) -> None:
+    """Give every candidate its exact similarity in each searched modality where it has a vector (from a file
+    that passes the filters, as a search hit must)."""
     keys = {key for per in found.values() for key in per}
     for modality, per in found.items():
         missing = [key for key in keys if key not in per]
         if not missing:
             continue
-        vectors = lib.db.group_vectors(missing, lib.model_id(modality), modality)
+        vectors = lib.db.group_vectors(missing, model_ids[modality], modality)
+        allowed = _allowed_files(lib, {info.file_id for c in vectors.values() for info, _ in c}, filters)
         for key, candidates in vectors.items():
-            info, embedding = max(candidates, key=lambda c: float(c[1] @ queries[modality]))
-            per[key] = (float(embedding @ queries[modality]), info)
+            kept = [(info, embedding) for info, embedding in candidates if _passes(info, allowed, filters)]
+            if kept:
+                info, embedding = max(kept, key=lambda c: float(c[1] @ queries[modality]))
+                per[key] = (float(embedding @ queries[modality]), info)
 
 
-def _calibrator(lib: Library, modality: str, query: np.ndarray, kind: str) -> Calibrator:
-    background = lib.store.background(lib.model_id(modality), modality, BACKGROUND_SAMPLE)
+def _allowed_files(lib: Library, file_ids: set[int], filters: Filters) -> set[int] | None:
+    """The files that pass the filters' database conditions; None when there are none (every file passes)."""
+    conditions = filters.to_db()
+    return lib.db.filter_files(file_ids, conditions) if conditions.clauses() else None
+
+
+def _passes(info: VectorInfo, allowed: set[int] | None, filters: Filters) -> bool:
+    in_database = allowed is None or info.file_id in allowed
+    return in_database and (not filters.path_glob or fnmatch.fnmatch(info.path, filters.path_glob))
+
+
+def _calibrator(lib: Library, model_id: int, modality: str, query: np.ndarray, kind: str) -> Calibrator:
+    background = lib.store.background(model_id, modality, BACKGROUND_SAMPLE)
     try:
         return Calibrator.fit(background @ query, kind, modality)
     except CalibrationError:
@@ -369,12 +436,15 @@ def classify(
     from lbsearch.zeroshot import build_classifier, top_k_labels
     from lbsearch.zeroshot import classify as zs_classify
 
+    (model_id,) = _require_indexed(lib, [modality], set(lib.db.vector_groups())).values()
     encoder = lib.encoder(modality, text_only=True)
     classifier = build_classifier(list(class_names), modality, lambda texts: encoder.encode_text(texts))
-    vectors = lib.db.whole_file_vectors(lib.model_id(modality), modality, file_ids)
+    vectors = lib.db.whole_file_vectors(model_id, modality, file_ids)
     if not vectors:
         return {}
     ids = list(vectors)
     logits = zs_classify(torch.from_numpy(np.stack([vectors[i] for i in ids])), classifier)
     labels = top_k_labels(logits, list(class_names), k=min(k, len(class_names)))
-    return {file_id: [(label.name, label.score) for label in row] for file_id, row in zip(ids, labels, strict=True)}
+    return {
+        file_id: [(label.name, label.probability) for label in row] for file_id, row in zip(ids, labels, strict=True)
+    }
