@@ -10,6 +10,7 @@ parts of ``WINDOWS_PER_PART`` so that one long file never holds more than a few 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -84,13 +85,18 @@ class DecodedPart:
     windows: list[tuple[float, float]] = field(default_factory=list)  # all windows of the file (part 0 only)
     error: str | None = None  # the file cannot be embedded at all
     warning: str | None = None  # something was skipped (e.g. an undecodable audio track of a good video)
+    seconds: float = 0.0  # how long decoding took (the pipeline weighs it against encoding)
 
 
 def decode(task: DecodeTask) -> DecodedPart:
     """Decode one task. Never raises for a media problem: it comes back in ``error``."""
+    started = time.perf_counter()
     result = DecodedPart(task)
     try:
-        result.info = probe(task.path)
+        # An audio file is described by its own decoding (`_decode_audio`): opening it once instead of twice
+        # saves a quarter of the decode time of short clips (PyAV takes ~8 ms to open a WAV).
+        if not (task.modality == "audio" and "audio" in task.settings):
+            result.info = probe(task.path)
         if task.modality in ("video", "audio"):
             _decode_timed(task, result)
         elif task.modality in task.settings:
@@ -102,6 +108,7 @@ def decode(task: DecodeTask) -> DecodedPart:
     except Exception as exc:  # a decoder bug must not take the run down; the file is recorded as failed
         result.error = f"unexpected {type(exc).__name__}: {exc}"
         result.inputs.clear()
+    result.seconds = time.perf_counter() - started
     return result
 
 
@@ -123,6 +130,9 @@ def _decode_timed(task: DecodeTask, result: DecodedPart) -> None:
             except MediaError as exc:
                 result.warning = f"audio track skipped: {exc.reason}"
                 result.inputs = [i for i in result.inputs if i.modality != "audio"]
+                # Recorded as no (usable) track: otherwise every later run would find the audio vector missing
+                # and decode the file again.
+                result.info = replace(result.info, has_audio=False)
     elif "audio" in task.settings:
         _decode_audio(task, result, None, lenient=False)
 
@@ -140,6 +150,19 @@ def _decode_audio(task: DecodeTask, result: DecodedPart, spans, lenient: bool) -
     """Audio inputs for ``spans`` (None: the file's own spans). ``lenient``: a video's audio track may be
     shorter than its pictures, so windows past its end are skipped rather than failing the file."""
     waveform, rate = load_audio(task.path)
+    if result.info is None:  # an audio file, not probed: what its decoding says
+        channels, samples = waveform.shape
+        result.info = MediaInfo(
+            duration=samples / rate,
+            fps=None,
+            frame_count=None,
+            width=None,
+            height=None,
+            sample_rate=rate,
+            channels=channels,
+            has_video=False,
+            has_audio=True,
+        )
     if spans is None:
         spans = _spans(task, result, waveform.shape[-1] / rate)
     settings = task.settings["audio"]

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
+import os
 import signal
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -30,6 +32,11 @@ from lbsearch.decode import DecodedPart, DecodeTask, ModelInput, WindowSpec, dec
 from lbsearch.models import Encoder
 from lbsearch.preprocess import PreprocessSettings
 
+# How often a decode worker checks that the process that started it is still alive.
+ORPHAN_CHECK_SECONDS = 0.5
+# Encoding counts as the slower stage once it has taken this many times as long as decoding (wall time).
+ENCODER_BOUND = 2.0
+
 
 @dataclass(frozen=True)
 class IngestOptions:
@@ -40,10 +47,14 @@ class IngestOptions:
     commit_seconds: float = 5.0  # ... or this often, whichever comes first
     include_hidden: bool = False
     retry_failed: bool = False
+    # torch threads for encoding while the workers decode; None: chosen as the run goes (`_EncodingThreads`).
+    encode_threads: int | None = None
 
     @property
     def max_in_flight(self) -> int:
-        return 2 * max(self.workers, 1) + 2
+        # A batch's worth of tasks queued besides the running ones keeps the workers decoding while the encoder
+        # runs a batch (with 2 * workers + 2 they sat idle through most of it: 12% slower on the toy library).
+        return self.batch_size + 2 * max(self.workers, 1)
 
 
 @dataclass
@@ -71,6 +82,36 @@ class IngestReport:
     warnings: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     interrupted: bool = False
+
+
+@dataclass
+class _EncodingThreads:
+    """torch's thread count for each encoder call while the decode workers run: the cores go to the slower stage.
+
+    Intra-op threads beside busy workers fight them for the cores, and a parallel region waits for its slowest
+    thread; so while decoding takes about as long as encoding, the encoder gets the cores the workers leave free,
+    and an encoder that clearly takes longer (a ViT-L on a CPU) gets them all. On 2 cores with 2 workers
+    (benchmarks/ingest.py): toy-size models ran 7% faster with 1 thread than with 2 (4x while other programs kept
+    the cores busy); ViT-L encoded 1.5x faster with 2.
+    """
+
+    workers: int
+    fixed: int | None = None
+    all_threads: int = field(default_factory=torch.get_num_threads)
+    decode_seconds: float = 0.0  # summed over the workers
+    encode_seconds: float = 0.0
+
+    def before_batch(self) -> None:
+        wanted = self.choice()
+        if wanted != torch.get_num_threads():
+            torch.set_num_threads(wanted)
+
+    def choice(self) -> int:
+        if self.fixed is not None:
+            return self.fixed
+        if self.workers == 0 or self.encode_seconds > ENCODER_BOUND * self.decode_seconds / self.workers:
+            return self.all_threads
+        return max(1, _available_cores() - self.workers)
 
 
 @dataclass
@@ -137,11 +178,14 @@ class Ingestor:
         ]
         tasks += self._new_model_tasks({file_id for file_id, _, _ in tasks})
         run_id = self.db.start_run({m: e.source for m, e in self.encoders.items()})
+        status = "failed"  # unless _execute returns
+        threads = torch.get_num_threads()  # _execute changes them as it goes
         try:
             self._execute(tasks, report)
-        finally:
-            report.seconds = time.monotonic() - started
             status = "interrupted" if report.interrupted else "done"
+        finally:
+            torch.set_num_threads(threads)
+            report.seconds = time.monotonic() - started
             self.db.finish_run(
                 run_id,
                 status,
@@ -186,6 +230,7 @@ class Ingestor:
         finished: list[_PendingFile] = []
         failures: dict[int, str] = {}
         last_commit = time.monotonic()
+        threads = _EncodingThreads(self.options.workers, self.options.encode_threads)
         todo: list[DecodeTask] = []
         for file_id, task, only in reversed(tasks):
             pending[task.path] = _PendingFile(file_id, task.path, only_models=only)
@@ -212,7 +257,10 @@ class Ingestor:
             queue = queues[modality]
             while len(queue) >= self.options.batch_size or (everything and queue):
                 batch, queue[:] = queue[: self.options.batch_size], queue[self.options.batch_size :]
+                threads.before_batch()
+                started = time.perf_counter()
                 embeddings = self.encoders[modality].encode(torch.stack([item.tensor for _, item in batch]))
+                threads.encode_seconds += time.perf_counter() - started
                 for (owner, item), embedding in zip(batch, embeddings.numpy(), strict=True):
                     owner.vectors.append(
                         NewVector(
@@ -228,6 +276,7 @@ class Ingestor:
             if owner is None:  # the file already failed in another part
                 return []
             owner.parts_left -= 1
+            threads.decode_seconds += part.seconds
             if part.error is not None:
                 failures[owner.file_id] = part.error
                 report.failed += 1
@@ -262,6 +311,7 @@ class Ingestor:
             report.interrupted = True
         finally:
             parts.close()
+            threads.workers = 0  # the workers are done: the last batches get every core
         # Embed what was decoded, for files whose every part arrived; unfinished files stay pending.
         for modality in list(queues):
             encode(modality, everything=True)
@@ -281,7 +331,9 @@ class Ingestor:
         # they never touch the encoder or the database. spawn elsewhere.
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         context = multiprocessing.get_context(method)
-        with cf.ProcessPoolExecutor(self.options.workers, mp_context=context, initializer=_worker_init) as pool:
+        with cf.ProcessPoolExecutor(
+            self.options.workers, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),)
+        ) as pool:
             running: set[cf.Future] = set()
             try:
                 while todo or running:
@@ -305,11 +357,23 @@ class Ingestor:
             progress.files_done += 1
 
 
-def _worker_init() -> None:
+def _available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _worker_init(parent_pid: int) -> None:
     # Decoding workers share the CPU with the encoder: one thread each keeps them from oversubscribing it.
     torch.set_num_threads(1)
     # Ctrl-C is handled by the main process, which drains the work already decoded.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A worker waits on its task queue forever, so one whose parent was killed (kill -9) would linger: leave then.
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), name="orphan-watch", daemon=True).start()
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(ORPHAN_CHECK_SECONDS)
+    os._exit(1)
 
 
 def _media_info(part: DecodedPart) -> MediaInfo | None:

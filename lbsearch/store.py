@@ -53,6 +53,8 @@ class IndexStore:
         self.folder = Path(folder) / INDEX_FOLDER
         self.recall_queries = recall_queries
         self._open: dict[tuple[int, str], VectorIndex] = {}
+        # The watermarks of each file as this store last read or wrote it: what `sync` compares with.
+        self._on_disk: dict[tuple[int, str], dict[str, int]] = {}
         self._background: dict[tuple[int, str], tuple[Watermark, np.ndarray]] = {}
 
     def path(self, model_id: int, modality: str) -> Path:
@@ -73,14 +75,16 @@ class IndexStore:
         return index
 
     def sync(self, model_id: int, modality: str) -> VectorIndex:
-        """Bring the file of (model, modality) up to date and write it (atomically) if anything changed."""
-        before = self._open.get((model_id, modality))
-        marks = None if before is None else dict(before.watermarks)
+        """Bring the file of (model, modality) up to date and write it (atomically) if it is behind the database.
+
+        The file is compared as it is on disk, not as it is in memory: an index caught up in memory (by a search,
+        say) still has its file written."""
         index = self.index(model_id, modality)
         built = index.info.get("built_ntotal", index.ntotal)
         if self.forced_factory is None and index.ntotal > REBUILD_GROWTH * max(built, 1) and _kind_changes(index):
             return self.rebuild(model_id, modality)
-        if marks != index.watermarks or not self.path(model_id, modality).exists():
+        path = self.path(model_id, modality)
+        if self._on_disk.get((model_id, modality)) != index.watermarks or not path.exists():
             self._write(index, model_id, modality)
         return index
 
@@ -98,7 +102,9 @@ class IndexStore:
         if len(ids) == 0:
             index = VectorIndex.build(np.empty((0, dim), np.float32), ids, factory=EXACT_FACTORY)
         else:
-            queries = self.recall_queries(model_id, modality) if self.recall_queries else None
+            # Exact search needs no tuning; skipping the queries spares encoding them (and loading a text tower).
+            tuned = self.recall_queries is not None and factory != EXACT_FACTORY
+            queries = self.recall_queries(model_id, modality) if tuned else None
             index = VectorIndex.build(vectors, ids, factory=factory, recall_queries=queries)
         index.watermarks = {"max_vector_id": mark.max_vector_id, "delete_seq": mark.delete_seq}
         self._catch_up(index, model_id, modality)
@@ -137,12 +143,13 @@ class IndexStore:
         return problems
 
     def repair(self) -> list[Disagreement]:
-        """Rebuild every index that disagrees with the database and remove stray files; returns what was fixed."""
+        """Rebuild every index that disagrees with the database, write those that are merely behind it (a crash
+        before they were written) and remove stray files; returns the disagreements fixed."""
         problems = self.verify()
         for model_id, modality in {(p.model_id, p.modality) for p in problems if p.model_id >= 0}:
             self._open.pop((model_id, modality), None)
             self.rebuild(model_id, modality)
-        self.remove_stray_files()
+        self.sync_all()
         return problems
 
     def remove_stray_files(self) -> None:
@@ -166,7 +173,9 @@ class IndexStore:
         path = self.path(model_id, modality)
         if path.exists():
             try:
-                return VectorIndex.read(path)
+                index = VectorIndex.read(path)
+                self._on_disk[(model_id, modality)] = dict(index.watermarks)
+                return index
             except IndexFileError as exc:
                 log.warning("%s; rebuilding it from the stored vectors", exc)
         return self.rebuild(model_id, modality)
@@ -197,6 +206,7 @@ class IndexStore:
     def _write(self, index: VectorIndex, model_id: int, modality: str) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         index.write(self.path(model_id, modality))
+        self._on_disk[(model_id, modality)] = dict(index.watermarks)
 
     def _stray_files(self, groups: list[tuple[int, str]]) -> list[Path]:
         if not self.folder.exists():
