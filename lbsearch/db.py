@@ -688,7 +688,9 @@ class Database:
 
     def vector_groups(self) -> list[tuple[int, str]]:
         """The (model id, modality) pairs that have stored vectors: one FAISS index each."""
-        query = select(Vector.model_id, Vector.modality).distinct().order_by(Vector.model_id, Vector.modality)
+        # One EXISTS probe per model (a model has one modality), not a DISTINCT scan of every vector.
+        has_vectors = exists().where(Vector.model_id == Model.id, Vector.modality == Model.modality)
+        query = select(Model.id, Model.modality).where(has_vectors).order_by(Model.id)
         with self.session() as session:
             return [(model_id, modality) for model_id, modality in session.execute(query)]
 

@@ -139,7 +139,8 @@ class Library:
         return int(entry["id"])
 
     def _recall_queries(self, model_id: int, modality: str) -> np.ndarray | None:
-        """Text embeddings to tune approximate indexes on (the queries users send are mostly text)."""
+        """Queries to tune approximate indexes on: text prompts, and stored vectors of the other modalities
+        (emergent X->Y queries land in their own regions of the space, away from both text and the index)."""
         from lbsearch.templates import prompts_for, templates_for
 
         record = self.db.model(model_id)
@@ -147,7 +148,11 @@ class Library:
             return None
         names = ["person", "dog", "car", "music", "rain", "city street", "beach", "kitchen", "night", "crowd"]
         prompts = [p for name in names for p in prompts_for(name, templates_for(modality)[:10])]
-        return self.encoder(modality, text_only=True).encode_text(prompts).numpy()
+        queries = [self.encoder(modality, text_only=True).encode_text(prompts).numpy()]
+        for other_id, other in self.db.vector_groups():
+            if other != modality and self.db.model(other_id).dim == record.dim:
+                queries.append(self.db.sample_vectors(other_id, other, 100))
+        return np.concatenate(queries)
 
     # ---------------------------------------------------------------------------------------- ingestion
 
