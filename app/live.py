@@ -110,7 +110,7 @@ def browser_page() -> Iterator[Page]:
             browser.close()
 
 
-def settle(page: Page, timeout_ms: float = 60_000) -> None:
+def settle(page: Page, timeout_ms: float = 180_000) -> None:
     """Wait until the app has finished its current script run."""
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout_ms)
 
