@@ -43,6 +43,15 @@ app = typer.Typer(
 )
 models_app = typer.Typer(cls=Commands, help="List, download and verify LanguageBind checkpoints.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+train_app = typer.Typer(
+    cls=Commands, help="Train LanguageBind checkpoints: the toy demo set, or a new modality on real files.",
+    no_args_is_help=True,
+)
+app.add_typer(train_app, name="train")
+eval_app = typer.Typer(
+    cls=Commands, help="Evaluate checkpoints: on a fresh toy world, or on a paper benchmark.", no_args_is_help=True
+)
+app.add_typer(eval_app, name="eval")
 
 EXIT_FAILED_FILES = 3
 EXIT_DISAGREE = 4
@@ -593,6 +602,259 @@ def models_verify(
     table = Table(*rows[0].keys(), title="Verified checkpoints")
     for row in rows:
         table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+def log_record(record: dict) -> None:
+    """A training progress record: one JSON object per line on stderr, so stdout stays the result."""
+    print(json.dumps(record, default=str), file=sys.stderr, flush=True)
+
+
+def print_bars(bars: dict[str, dict[str, Any]]) -> None:
+    table = Table("bar", "value", "needs", "passed", title="The issue's bars (test split)")
+    for name, bar in bars.items():
+        value = "-" if bar["value"] is None else f"{bar['value']:.3f}"
+        passed = {True: "[green]yes[/]", False: "[red]no[/]", None: "not measured"}[bar["passed"]]
+        table.add_row(name, value, f">= {bar['bar']}", passed)
+    console.print(table)
+
+
+@train_app.command("toy")
+def train_toy(
+    preset_name: Annotated[str, typer.Option("--preset", help="Training preset: toy (the demo set) or test.")] = "toy",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where the checkpoint folders go (default: the bundled demo set's).")
+    ] = None,
+    eval_seed: Annotated[int, typer.Option(help="Seed of the fresh world the saved set is tested on.")] = 1,
+    ablations: Annotated[
+        list[str] | None,
+        typer.Option("--ablations", help="MODALITY to also run the LoRA/full/scratch and mask-ratio ablations on; "
+                     "repeatable."),
+    ] = None,
+    probe_every: Annotated[
+        int, typer.Option(help="Log stage 1's zero-shot accuracy on test images every N steps (0: never).")
+    ] = 0,
+    stage1: Annotated[
+        Path | None,
+        typer.Option("--stage1", help="Start from this saved image checkpoint instead of training stage 1."),
+    ] = None,
+    bind: Annotated[
+        list[str] | None, typer.Option("--bind", help="MODALITY to bind (repeatable; default all four).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch threads (default: the preset's).")] = None,
+    report_file: Annotated[Path | None, typer.Option("--report", help="Also write the JSON report here.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Reproduce the demo checkpoint set: render the toy world, train stage 1 and bind video, audio, depth and
+    thermal, save the five checkpoints, then load them back and evaluate them on a fresh world. Progress goes to
+    stderr as one JSON object per line.
+
+    Examples:
+      lbsearch train toy                                   # writes lbsearch/assets/demo_models/
+      lbsearch train toy --preset test --out /tmp/demo --json
+      lbsearch train toy --ablations thermal --ablations audio --report /tmp/demo-report.json
+      lbsearch train toy --stage1 lbsearch/assets/demo_models/image --bind thermal --ablations thermal --out /tmp/a
+    """
+    from lbsearch.models.registry import DEMO_DIR
+    from lbsearch.train.config import BOUND_MODALITIES
+    from lbsearch.train.recipe import train_toy_set
+
+    report = train_toy_set(
+        preset_name,
+        out or DEMO_DIR,
+        eval_seed=eval_seed,
+        ablations=ablations or (),
+        probe_every=probe_every,
+        stage1=stage1,
+        bind=bind or BOUND_MODALITIES,
+        threads=threads,
+        log=log_record,
+    )
+    if report_file is not None:
+        report_file.write_text(json.dumps(report, indent=2, default=str))
+    if as_json:
+        print_json(report)
+        return
+    print_bars(report["results"]["bars"])
+    timings = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report["timings_s"].items())
+    console.print(f"Timings ({report['threads']} threads): {timings}")
+    sizes = report["sizes_bytes"]
+    saved = ", ".join(m for m in sizes if m != "total")
+    console.print(f"Checkpoints ({saved}; {sizes['total'] / 1e6:.1f} MB) in [bold]{report['out']}[/]", highlight=False)
+    for row in report.get("ablations", []):
+        console.print(f"ablation {row['modality']} {row['method']} mask {row['mask_ratio']}: "
+                      f"zero-shot {row['zero_shot']} ({row['train_s']} s)", highlight=False)
+
+
+@train_app.command("files")
+def train_files(
+    manifest: Annotated[Path, typer.Argument(help='JSONL of {"path": ..., "caption": ...} lines.')],
+    modality: Annotated[str, typer.Option("--modality", help="The modality to bind: video, audio, depth, thermal.")],
+    start: Annotated[
+        str,
+        typer.Option("--start", help="open_clip:MODEL_NAME:PRETRAINED, or a LanguageBind image checkpoint folder "
+                     "or hub id."),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder the bound checkpoint is saved to.")],
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="(file, caption) pairs per step.")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 1e-4,
+    warmup: Annotated[int | None, typer.Option(help="Linear warm-up steps (default: 10% of --steps).")] = None,
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank (--method lora).")] = 16,
+    lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (--method lora).")] = 16.0,
+    mask_ratio: Annotated[float, typer.Option(help="Fraction of patch tokens dropped per sample in training.")] = 0.5,
+    method: Annotated[
+        str, typer.Option(help="lora (image-initialised, LoRA), full (image-initialised) or scratch.")
+    ] = "lora",
+    device: DeviceOption = None,
+    workers: Annotated[int, typer.Option(help="Decode processes (0: decode in this process).")] = 4,
+    frames: Annotated[int | None, typer.Option(help="Video frames per clip (default: the released 8).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Bind a new modality on your own (file, caption) pairs (LanguageBind stage 2: frozen language tower, LoRA,
+    patch masking) and save it as a LanguageBind checkpoint. Progress goes to stderr as JSON lines.
+
+    Examples:
+      lbsearch train files audiocaps.jsonl --modality audio --start open_clip:ViT-L-14:/models/clip.bin --out ./my_audio
+      lbsearch train files scans.jsonl --modality depth --start LanguageBind/LanguageBind_Image --out ./my_depth
+    """
+    import time
+
+    from lbsearch.library import default_device
+    from lbsearch.models import save_checkpoint
+    from lbsearch.train import bind_files
+    from lbsearch.train.recipe import file_stage, load_start_point
+
+    if frames is not None and modality != "video":
+        fail("--frames is for --modality video", code=2)
+    if not manifest.is_file():
+        fail(f"{manifest}: no such training manifest")
+    stage = file_stage(modality, steps, batch_size, lr, warmup, method, lora_rank, lora_alpha, mask_ratio)
+    encoder = load_start_point(start)
+    started = time.perf_counter()
+    options = {} if frames is None else {"num_frames": frames}
+    bound = bind_files(encoder, str(manifest), stage, device=device or default_device(), workers=workers,
+                       log=log_record, **options)
+    save_checkpoint(bound, out, safetensors=True)
+    summary = {"out": str(out), "modality": modality, "start": start, "steps": steps,
+               "seconds": round(time.perf_counter() - started, 1), "logit_scale": bound.logit_scale}
+    if as_json:
+        print_json(summary)
+    else:
+        console.print(f"Bound {modality} in {summary['seconds']} s; checkpoint saved to [bold]{out}[/] "
+                      f"(`lbsearch models verify {out}`).", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------- eval
+
+
+def print_toyworld(results: dict[str, Any]) -> None:
+    for split in ("test", "heldout"):
+        part = results[split]
+        title = f"{split} split ({part['scenes']} scenes, world seed {results['seed']}, from {results['source']})"
+        zero_shot = Table("modality", "attribute", "top-1", title=f"Zero-shot, {title}")
+        for modality, tasks in part["zero_shot"].items():
+            for task, value in tasks.items():
+                zero_shot.add_row(modality, task, f"{value:.3f}")
+        console.print(zero_shot)
+        retrieval = Table("query -> item", "R@1", "R@5", "median rank", title=f"Retrieval, {split}")
+        rows = {name.replace("_to_", "->"): m for name, m in part.items() if name.startswith("text_to_")}
+        rows.update({f"{pair}, emergent": m for pair, m in part["emergent"].items()})
+        for name, metrics in rows.items():
+            agree = f" (hit agrees on {', '.join(metrics['agree_on'])})" if "agree_on" in metrics else ""
+            retrieval.add_row(name + agree, f"{metrics['R@1']:.3f}", f"{metrics['R@5']:.3f}", f"{metrics['MdR']:.1f}")
+        console.print(retrieval)
+        if "joint" in part:
+            joint = part["joint"]
+            console.print(f"Joint, {split}: text->video R@1 {joint['video']['R@1']:.3f} alone, "
+                          f"{joint['video+audio']['R@1']:.3f} with audio (gain {joint['gain_R@1']:+.3f})")
+    print_bars(results["bars"])
+
+
+@eval_app.command("toyworld")
+def eval_toyworld(
+    seed: Annotated[int, typer.Option(help="Seed of the fresh test world.")] = 1,
+    models: Annotated[
+        str | None, typer.Option("--models", help="A named model set (default: demo, unless --model is given).")
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="MODALITY=FOLDER_OR_HUB_ID (replaces that modality of --models); repeatable."),
+    ] = None,
+    preset_name: Annotated[
+        str, typer.Option("--preset", help="Training preset whose world to test on: toy (the full world) or test.")
+    ] = "toy",
+    test_scenes: Annotated[
+        int | None, typer.Option(help="Test-split scenes (default: one per seen attribute combination).")
+    ] = None,
+    heldout_scenes: Annotated[
+        int | None, typer.Option(help="Held-out-combination scenes (default: one per held-out combination).")
+    ] = None,
+    from_files: Annotated[
+        bool, typer.Option("--from-files", help="Embed written MP4/WAV/PNG files through the ingestion decoders.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Generate a fresh toy world with --seed and evaluate a model set on it: zero-shot per modality, text->X
+    retrieval, emergent X->Y, joint video+audio, and the issue's bars.
+
+    Examples:
+      lbsearch eval toyworld --seed 7 --json
+      lbsearch eval toyworld --preset test --model image=/tmp/demo/image --model audio=/tmp/demo/audio
+    """
+    from lbsearch.eval import evaluate_toyworld
+    from lbsearch.models import load_model_set
+    from lbsearch.models.registry import model_set, parse_model_options
+    from lbsearch.train import preset
+
+    spec = preset(preset_name).data.spec
+    named = models or (None if model else "demo")
+    checkpoints = model_set(named) if named else {}
+    checkpoints.update(parse_model_options(model or []))
+    encoders = load_model_set(checkpoints)
+    results = evaluate_toyworld(encoders, seed, spec, test_scenes, heldout_scenes, from_files)
+    if as_json:
+        print_json(results)
+    else:
+        print_toyworld(results)
+
+
+@eval_app.command("benchmark")
+def eval_benchmark(
+    name: Annotated[str, typer.Argument(help="msrvtt, msvd, clotho, esc50, nyud, llvip or flir.")],
+    root: Annotated[Path, typer.Argument(help="The benchmark's folder, in its standard layout.")],
+    model: Annotated[str, typer.Option("--model", help="Checkpoint folder or hub id of the benchmark's modality.")],
+    batch_size: Annotated[int, typer.Option(help="Files per encoder call.")] = 16,
+    device: DeviceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Evaluate a checkpoint on one of the paper's benchmarks read from disk: zero-shot top-1/top-5, or retrieval
+    R@k and ranks both ways.
+
+    Examples:
+      lbsearch eval benchmark esc50 /data/ESC-50 --model LanguageBind/LanguageBind_Audio_FT
+      lbsearch eval benchmark msrvtt /data/MSRVTT --model LanguageBind/LanguageBind_Video_FT --json
+    """
+    from lbsearch.datasets import evaluate_benchmark, load_benchmark
+    from lbsearch.library import default_device
+    from lbsearch.models import load_checkpoint
+
+    dataset = load_benchmark(name, root)
+    encoder = load_checkpoint(model, device or default_device())
+    result = evaluate_benchmark(encoder, dataset, batch_size=batch_size)
+    if as_json:
+        print_json(result)
+        return
+    table = Table("metric", "value", title=f"{result['benchmark']} ({result['n']} {dataset.modality} files)")
+    for key, value in result.items():
+        if isinstance(value, dict):
+            for metric, number in value.items():
+                table.add_row(f"{key} {metric}", f"{number:.4f}" if isinstance(number, float) else str(number))
+        elif key not in ("benchmark", "n"):
+            table.add_row(key, f"{value:.4f}")
     console.print(table)
 
 

@@ -10,7 +10,6 @@ parts of ``WINDOWS_PER_PART`` so that one long file never holds more than a few 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -85,12 +84,10 @@ class DecodedPart:
     windows: list[tuple[float, float]] = field(default_factory=list)  # all windows of the file (part 0 only)
     error: str | None = None  # the file cannot be embedded at all
     warning: str | None = None  # something was skipped (e.g. an undecodable audio track of a good video)
-    seconds: float = 0.0  # how long decoding took (the pipeline weighs it against encoding)
 
 
 def decode(task: DecodeTask) -> DecodedPart:
     """Decode one task. Never raises for a media problem: it comes back in ``error``."""
-    started = time.perf_counter()
     result = DecodedPart(task)
     try:
         # An audio file is described by its own decoding (`_decode_audio`): opening it once instead of twice
@@ -108,7 +105,6 @@ def decode(task: DecodeTask) -> DecodedPart:
     except Exception as exc:  # a decoder bug must not take the run down; the file is recorded as failed
         result.error = f"unexpected {type(exc).__name__}: {exc}"
         result.inputs.clear()
-    result.seconds = time.perf_counter() - started
     return result
 
 

@@ -53,7 +53,7 @@ def run_demo(
     """Generate ``scenes`` toy-world scenes under ``folder``, index them with the demo models, and query."""
     if not demo_models_present():
         raise ConfigError(
-            f"the demo models are missing from {DEMO_DIR}; reproduce them with `python scripts/train_demo.py`"
+            f"the demo models are missing from {DEMO_DIR}; reproduce them with `lbsearch train toy`"
         )
     folder = Path(folder).expanduser()
     library_dir, index_dir = folder / "library", folder / "indexes"

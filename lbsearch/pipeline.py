@@ -34,8 +34,9 @@ from lbsearch.preprocess import PreprocessSettings
 
 # How often a decode worker checks that the process that started it is still alive.
 ORPHAN_CHECK_SECONDS = 0.5
-# Encoding counts as the slower stage once it has taken this many times as long as decoding (wall time).
-ENCODER_BOUND = 2.0
+# A modality tower this big (a ViT-B has ~88M parameters, a ViT-L ~300M) takes far longer per input on a CPU
+# than decoding does: it gets every core even while the workers decode.
+HEAVY_ENCODER_PARAMETERS = 20_000_000
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class IngestOptions:
     commit_seconds: float = 5.0  # ... or this often, whichever comes first
     include_hidden: bool = False
     retry_failed: bool = False
-    # torch threads for encoding while the workers decode; None: chosen as the run goes (`_EncodingThreads`).
+    # torch threads for encoding while the workers decode; None: chosen per encoder (`Ingestor._encoding_threads`).
     encode_threads: int | None = None
 
     @property
@@ -82,36 +83,6 @@ class IngestReport:
     warnings: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     interrupted: bool = False
-
-
-@dataclass
-class _EncodingThreads:
-    """torch's thread count for each encoder call while the decode workers run: the cores go to the slower stage.
-
-    Intra-op threads beside busy workers fight them for the cores, and a parallel region waits for its slowest
-    thread; so while decoding takes about as long as encoding, the encoder gets the cores the workers leave free,
-    and an encoder that clearly takes longer (a ViT-L on a CPU) gets them all. On 2 cores with 2 workers
-    (benchmarks/ingest.py): toy-size models ran 7% faster with 1 thread than with 2 (4x while other programs kept
-    the cores busy); ViT-L encoded 1.5x faster with 2.
-    """
-
-    workers: int
-    fixed: int | None = None
-    all_threads: int = field(default_factory=torch.get_num_threads)
-    decode_seconds: float = 0.0  # summed over the workers
-    encode_seconds: float = 0.0
-
-    def before_batch(self) -> None:
-        wanted = self.choice()
-        if wanted != torch.get_num_threads():
-            torch.set_num_threads(wanted)
-
-    def choice(self) -> int:
-        if self.fixed is not None:
-            return self.fixed
-        if self.workers == 0 or self.encode_seconds > ENCODER_BOUND * self.decode_seconds / self.workers:
-            return self.all_threads
-        return max(1, _available_cores() - self.workers)
 
 
 @dataclass
@@ -230,7 +201,8 @@ class Ingestor:
         finished: list[_PendingFile] = []
         failures: dict[int, str] = {}
         last_commit = time.monotonic()
-        threads = _EncodingThreads(self.options.workers, self.options.encode_threads)
+        all_threads = torch.get_num_threads()
+        threads = {m: self._encoding_threads(e, all_threads) for m, e in self.encoders.items()}
         todo: list[DecodeTask] = []
         for file_id, task, only in reversed(tasks):
             pending[task.path] = _PendingFile(file_id, task.path, only_models=only)
@@ -257,10 +229,9 @@ class Ingestor:
             queue = queues[modality]
             while len(queue) >= self.options.batch_size or (everything and queue):
                 batch, queue[:] = queue[: self.options.batch_size], queue[self.options.batch_size :]
-                threads.before_batch()
-                started = time.perf_counter()
+                if torch.get_num_threads() != threads[modality]:
+                    torch.set_num_threads(threads[modality])
                 embeddings = self.encoders[modality].encode(torch.stack([item.tensor for _, item in batch]))
-                threads.encode_seconds += time.perf_counter() - started
                 for (owner, item), embedding in zip(batch, embeddings.numpy(), strict=True):
                     owner.vectors.append(
                         NewVector(
@@ -276,7 +247,6 @@ class Ingestor:
             if owner is None:  # the file already failed in another part
                 return []
             owner.parts_left -= 1
-            threads.decode_seconds += part.seconds
             if part.error is not None:
                 failures[owner.file_id] = part.error
                 report.failed += 1
@@ -311,13 +281,29 @@ class Ingestor:
             report.interrupted = True
         finally:
             parts.close()
-            threads.workers = 0  # the workers are done: the last batches get every core
         # Embed what was decoded, for files whose every part arrived; unfinished files stay pending.
         for modality in list(queues):
             encode(modality, everything=True)
         commit(force=True)
         if self.progress:
             self.progress(progress)
+
+    def _encoding_threads(self, encoder: Encoder, all_threads: int) -> int:
+        """torch threads for an encoder's batches in a run (decode workers take cores too).
+
+        Intra-op threads beside busy workers fight them for the cores, and a parallel region waits for its
+        slowest thread: on 2 cores with 2 workers (benchmarks/ingest.py) toy-size models ran 7% faster with 1
+        thread than with 2, and 2 to 4.5x faster while other programs kept the cores busy. A heavy tower on a CPU
+        is the slower stage by far (the workers idle most of the time): it gets every core, as ViT-L encoded
+        1.5x faster with 2 threads than with 1.
+        """
+        if self.options.encode_threads is not None:
+            return self.options.encode_threads
+        tower = encoder.vision
+        heavy = tower is not None and sum(p.numel() for p in tower.parameters()) >= HEAVY_ENCODER_PARAMETERS
+        if self.options.workers == 0 or (heavy and encoder.device.type == "cpu"):
+            return all_threads
+        return max(1, _available_cores() - self.options.workers)
 
     def _decoded(self, todo: list[DecodeTask], accept: Callable[[DecodedPart], list[DecodeTask]]):
         """Yield decoded parts as they come, keeping at most ``max_in_flight`` tasks outstanding."""

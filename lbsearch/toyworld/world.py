@@ -252,10 +252,11 @@ class World:
 
     def _sample_nuisance(self, attributes: dict[str, str], rng: np.random.Generator) -> Nuisance:
         near = attributes["distance"] == "near"
-        radius = rng.uniform(0.15, 0.19) if near else rng.uniform(0.085, 0.11)
-        travel = rng.uniform(0.24, 0.32)
-        # The trail reaches well past the shape's own extent, near or far, so it always shows.
-        trail = radius * rng.uniform(1.3, 1.6) + 0.04
+        # Even a far shape spans about three patches of a 56-pixel, patch-8 image, so its outline stays legible.
+        radius = rng.uniform(0.18, 0.22) if near else rng.uniform(0.115, 0.14)
+        travel = rng.uniform(0.2, 0.28)
+        # The trail reaches past the shape's own extent, near or far, so it always shows.
+        trail = radius * rng.uniform(1.0, 1.3) + 0.03
         # Keep the whole path, the trail and most of the glow around the shape inside the frame.
         margin = radius + 0.03
         behind, ahead = max(travel / 2, trail) + margin, travel / 2 + margin

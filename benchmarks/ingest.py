@@ -1,0 +1,316 @@
+"""Ingest throughput: the lbsearch pipeline against a one-file-at-a-time loop, and each pipeline stage alone.
+
+On a generated toy-world library of mixed media (per scene: an MP4 with an AAC track, a WAV, and RGB, depth and
+thermal PNGs in sibling folders), in one run, for each model size:
+
+- (a) sequential: one file at a time, the way the official processors are used: ``x = enc.preprocess(path,
+  start, end)`` then ``enc.encode(x[None])`` for every input the pipeline embeds (the same files, modalities
+  and time windows: the video's sound track and the windows of long media included), nothing stored;
+- (b) pipeline: `Ingestor.run` (scan, hash, decode in ``--workers`` processes, batched encoding, per-file
+  commits) then `IndexStore.sync_all` (FAISS files), which is what `Library.add` does once its models are
+  loaded, into a fresh index folder;
+- decode only: the pipeline's own decode loop (same workers, same tasks, follow-up window parts) with no
+  encoding; encode only: the decoded tensors through the encoders in the pipeline's batches.
+
+Models have random weights in the official architecture. "tiny" is the toy-size configuration of the demo set
+(`lbsearch.train.config.preset("toy")`: width 64, 4 layers, 56 px, 8 frames), written as official-format
+checkpoints with `save_checkpoint` and loaded back with `load_checkpoint`; "large" is ViT-L/14
+(`benchmarks/encode.py`), built in memory (vision towers only: ingestion never runs the language tower).
+Each measurement is repeated in interleaved rounds and the median reported; (a) and encode only are timed at
+each of ``--threads`` torch thread counts and the best counts. Other work on the machine skews every number
+(the output gives the load average). Prints a Markdown table. Run from the repository root:
+
+    python3 -m benchmarks.ingest                             # tiny on 200 files, large on 25 files
+    python3 -m benchmarks.ingest --sizes tiny --files 400 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.encode import large_config
+from lbsearch import scan
+from lbsearch.db import Database
+from lbsearch.decode import DecodedPart, DecodeTask, ModelInput, WindowSpec, follow_up_tasks
+from lbsearch.models import MODALITIES, Encoder, ModelConfig, build_encoder, load_checkpoint, save_checkpoint
+from lbsearch.models.towers import VisionTower
+from lbsearch.pipeline import IngestOptions, Ingestor
+from lbsearch.store import IndexStore
+from lbsearch.toyworld import World, write_library
+from lbsearch.train.config import preset
+from lbsearch.train.stage2 import modality_config
+
+FILES_PER_SCENE = 5
+
+
+def tiny_config(modality: str) -> ModelConfig:
+    """The toy-size architecture of the demo checkpoint set for one modality."""
+    toy = preset("toy")
+    image = toy.towers.image_config(toy.data.render.size)
+    grid = (toy.towers.audio_mel_bins, toy.towers.audio_target_length)
+    return modality_config(image, modality, num_frames=toy.data.render.num_frames, audio_grid=grid)
+
+
+def tiny_encoders(folder: Path) -> dict[str, Encoder]:
+    """Random toy-size encoders saved as official-format checkpoints, and loaded back from them."""
+    encoders = {}
+    for modality in MODALITIES:
+        save_checkpoint(build_encoder(tiny_config(modality)), folder / modality)
+        encoders[modality] = load_checkpoint(folder / modality)
+    return encoders
+
+
+def large_encoders() -> dict[str, Encoder]:
+    """Random ViT-L/14 modality towers (no language tower: ingestion does not use it)."""
+    encoders = {}
+    for modality in MODALITIES:
+        config = large_config(modality)
+        encoders[modality] = Encoder(config, VisionTower(config.vision, config.projection_dim), None, 2.6592)
+    return encoders
+
+
+@dataclass
+class Measure:
+    seconds: float
+    files: int
+    inputs: int
+
+    @property
+    def files_per_second(self) -> float:
+        return self.files / self.seconds
+
+
+def write_toy_library(root: Path, files: int, seed: int = 0) -> None:
+    """At least ``files`` files: whole scenes of FILES_PER_SCENE (kept when ``root`` already holds them)."""
+    if not root.exists():
+        write_library(root, World(seed).scenes("train", math.ceil(files / FILES_PER_SCENE)))
+
+
+def pipeline(
+    encoders: dict[str, Encoder], root: Path, folder: Path, options: IngestOptions
+) -> tuple[Measure, Database]:
+    """(b): what `Library.add` runs once the models are loaded, into a fresh index folder."""
+    db = Database.open(folder)
+    model_ids = {m: db.register_model(f"bench-{m}", m, e.weights_hash or "random", e.dim) for m, e in encoders.items()}
+    started = time.perf_counter()
+    report = Ingestor(db, encoders, model_ids, options).run([root])
+    IndexStore(db, folder).sync_all()
+    seconds = time.perf_counter() - started
+    if report.failed:
+        raise RuntimeError(f"the pipeline failed on {report.errors}")
+    return Measure(seconds, report.embedded, report.vectors), db
+
+
+def embedded_inputs(db: Database) -> list[tuple[str, str, list[tuple[float | None, float | None]]]]:
+    """(path, modality, spans) for every (file, modality) the pipeline embedded, by path: the work (a) repeats."""
+    work: dict[tuple[str, str], list[tuple[float | None, float | None]]] = defaultdict(list)
+    for model_id, modality in db.vector_groups():
+        for info in db.describe_vectors(db.vector_ids(model_id, modality)).values():
+            work[info.path, modality].append((info.start, info.end))
+    return [
+        (path, modality, sorted(spans, key=lambda span: (span[0] is not None, span)))
+        for (path, modality), spans in sorted(work.items())
+    ]
+
+
+def sequential(encoders: dict[str, Encoder], work: list) -> Measure:
+    """(a): one file and one input at a time, preprocess then encode."""
+    started = time.perf_counter()
+    for path, modality, spans in work:
+        encoder = encoders[modality]
+        for start, end in spans:
+            encoder.encode(encoder.preprocess(path, start, end)[None])
+    seconds = time.perf_counter() - started
+    return Measure(seconds, len({path for path, _, _ in work}), sum(len(spans) for _, _, spans in work))
+
+
+def decode_only(
+    encoders: dict[str, Encoder], root: Path, folder: Path, options: IngestOptions
+) -> tuple[Measure, list[ModelInput]]:
+    """The pipeline's decode loop alone (its workers, tasks and window parts); returns the decoded inputs."""
+    db = Database.open(folder)
+    ingestor = Ingestor(db, encoders, {m: 0 for m in encoders}, options)
+    files = scan.scan([root])
+    todo = [DecodeTask(f.path, f.modality, ingestor._settings_for(f.modality), options.windows) for f in files]
+    todo.reverse()  # the pipeline pops tasks from the end
+
+    def accept(part: DecodedPart) -> list[DecodeTask]:
+        if part.error is not None:
+            raise RuntimeError(f"{part.task.path}: {part.error}")
+        return follow_up_tasks(part) if part.task.part == 0 else []
+
+    inputs: list[ModelInput] = []
+    started = time.perf_counter()
+    for part in ingestor._decoded(todo, accept):
+        inputs += part.inputs
+    seconds = time.perf_counter() - started
+    db.close()
+    return Measure(seconds, len(files), len(inputs)), inputs
+
+
+def encode_only(encoders: dict[str, Encoder], inputs: list[ModelInput], batch_size: int, files: int) -> Measure:
+    """Decoded tensors through the encoders in batches of ``batch_size`` per modality, as the pipeline sends them."""
+    by_modality: dict[str, list[torch.Tensor]] = defaultdict(list)
+    for item in inputs:
+        by_modality[item.modality].append(item.tensor)
+    started = time.perf_counter()
+    for modality, tensors in by_modality.items():
+        for begin in range(0, len(tensors), batch_size):
+            encoders[modality].encode(torch.stack(tensors[begin : begin + batch_size]))
+    return Measure(time.perf_counter() - started, files, len(inputs))
+
+
+def check_same_vectors(encoders: dict[str, Encoder], db: Database, work: list, samples: int = 8) -> float:
+    """Largest difference between the pipeline's stored vectors and (a)'s, on a few inputs: the same work."""
+    worst = 0.0
+    picks = np.random.default_rng(0).choice(len(work), min(samples, len(work)), replace=False)
+    for pick in picks:
+        path, modality, spans = work[pick]
+        record = db.file_by_path(path)
+        model_id = next(m for m, mod in db.vector_groups() if mod == modality)
+        stored = db.file_vectors(record.id, model_id, modality)
+        encoder = encoders[modality]
+        direct = encoder.encode(encoder.preprocess(path, spans[0][0], spans[0][1])[None])[0].numpy()
+        worst = max(worst, float(np.abs(stored[0].embedding - direct).max()))
+    return worst
+
+
+def run_size(
+    name: str,
+    encoders: dict[str, Encoder],
+    root: Path,
+    work_dir: Path,
+    options: IngestOptions,
+    thread_counts: list[int],
+    repeats: int,
+    log: Callable[[str], None],
+) -> dict:
+    """Every measurement ``repeats`` times, in interleaved rounds (the machine's other load drifts): medians."""
+    files = scan.scan([root])
+    default_threads = torch.get_num_threads()
+    times: dict[str, list[float]] = defaultdict(list)
+    work: list = []
+    difference = 0.0
+    for round_ in range(repeats):
+        piped, db = pipeline(encoders, root, work_dir / f"{name}-index-{round_}", options)
+        times["pipeline"].append(piped.seconds)
+        if round_ == 0:
+            work = embedded_inputs(db)
+            difference = check_same_vectors(encoders, db, work)
+            inputs = piped.inputs
+        db.close()
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            times[f"sequential {threads}"].append(sequential(encoders, work).seconds)
+        torch.set_num_threads(default_threads)
+        decoded, decoded_inputs = decode_only(encoders, root, work_dir / f"{name}-decode-{round_}", options)
+        times["decode"].append(decoded.seconds)
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            times[f"encode {threads}"].append(
+                encode_only(encoders, decoded_inputs, options.batch_size, len(files)).seconds
+            )
+        torch.set_num_threads(default_threads)
+        del decoded_inputs
+        log(f"{name}, round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()))
+    rates = {kind: len(files) / float(np.median(seconds)) for kind, seconds in times.items()}
+    best_threads = max(thread_counts, key=lambda threads: rates[f"sequential {threads}"])
+    best_encode = max(rates[f"encode {threads}"] for threads in thread_counts)
+    return {
+        "model": name,
+        "files": len(files),
+        "inputs": inputs,
+        "sequential": rates[f"sequential {best_threads}"],
+        "thread_counts": best_threads,
+        "pipeline": rates["pipeline"],
+        "decode": rates["decode"],
+        "encode": best_encode,
+        "difference": difference,
+    }
+
+
+def machine() -> str:
+    try:
+        cpu_info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpu_info = ""
+    names = [line.split(":", 1)[1].strip() for line in cpu_info.splitlines() if line.startswith("model name")]
+    cpu = names[0] if names else platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "large"], choices=["tiny", "large"])
+    parser.add_argument("--files", type=int, default=200, help="library size for the tiny model")
+    parser.add_argument("--large-files", type=int, default=25, help="library size for the ViT-L/14 model")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=IngestOptions().batch_size)
+    parser.add_argument(
+        "--encode-threads", type=int, default=None, help="the pipeline's encoding threads (default: its own choice)"
+    )
+    parser.add_argument(
+        "--threads",
+        nargs="+",
+        type=int,
+        default=None,
+        help="torch threads to time (a) and encode only with; the best counts (default: 1 and torch's default)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of measurements (medians are reported)")
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep libraries and indexes here")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    def log(line: str) -> None:
+        print(f"  [{time.strftime('%H:%M:%S')}] {line}", flush=True)
+
+    load_before = os.getloadavg()[0]  # other work on the machine skews every number: say how much there was
+    with tempfile.TemporaryDirectory() as scratch:
+        work_dir = args.work_dir or Path(scratch)
+        options = IngestOptions(
+            windows=WindowSpec(), workers=args.workers, batch_size=args.batch_size, encode_threads=args.encode_threads
+        )
+        thread_counts = args.threads or sorted({1, torch.get_num_threads()})
+        rows = []
+        for size in args.sizes:
+            files = args.files if size == "tiny" else args.large_files
+            root = work_dir / f"library-{files}"
+            write_toy_library(root, files)
+            encoders = tiny_encoders(work_dir / "tiny-checkpoints") if size == "tiny" else large_encoders()
+            run = work_dir / f"run-{size}-{time.time_ns()}"
+            rows.append(run_size(size, encoders, root, run, options, thread_counts, args.repeats, log))
+            del encoders
+
+    print(
+        f"\nmachine: {machine()}; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after. "
+        f"Pipeline: {args.workers} decode workers, batch {args.batch_size}. Medians of {args.repeats} rounds; "
+        f"(a) and encode only at their best of {thread_counts} torch threads.\n"
+    )
+    print(
+        "| model | files (inputs) | (a) sequential files/s (threads) | (b) pipeline files/s | (b)/(a) "
+        "| decode only files/s | encode only files/s | (b) / slower stage | max diff (a) vs (b) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        slower = min(row["decode"], row["encode"])
+        print(
+            f"| {row['model']} | {row['files']} ({row['inputs']}) | {row['sequential']:.2f} "
+            f"({row['thread_counts']}) | {row['pipeline']:.2f} | {row['pipeline'] / row['sequential']:.2f}x "
+            f"| {row['decode']:.2f} | {row['encode']:.2f} | {row['pipeline'] / slower:.0%} | {row['difference']:.1e} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
