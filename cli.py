@@ -74,10 +74,11 @@ def fail(error: Exception | str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def open_library(index: Path | None, db: str | None, device: str | None = None):
+def open_library(index: Path | None, db: str | None, device: str | None = None, create: bool = False):
+    """The library of ``--index``/``--db``; only commands that add to it (``index``) create a missing one."""
     from lbsearch.library import Library
 
-    return Library.open(index, db=db, device=device)
+    return Library.open(index, db=db, device=device, create=create)
 
 
 def print_json(value: Any) -> None:
@@ -138,7 +139,7 @@ def index(
     from lbsearch.models.registry import parse_model_options
     from lbsearch.pipeline import IngestOptions
 
-    lib = open_library(index_dir, db, device)
+    lib = open_library(index_dir, db, device, create=True)
     if models:
         lib.use_models(models)
     if model:

@@ -59,8 +59,9 @@ class Library:
         db: str | None = None,
         device: str | None = None,
         dtype: torch.dtype | None = None,
+        create: bool = True,
     ) -> Library:
-        """Open (creating if needed) a library.
+        """Open a library, creating it if needed (``create=False``: a missing index folder is an error).
 
         ``location`` is the index folder (default ``$LBSEARCH_INDEX`` or ``./indexes``) or a database URL;
         ``db`` points the metadata at another database (e.g. PostgreSQL) while FAISS files stay in the folder.
@@ -70,6 +71,9 @@ class Library:
         folder = Path(location).expanduser() if location is not None else default_index_folder()
         if folder.exists() and not folder.is_dir():
             raise ConfigError(f"{folder}: the index location is a file, not a folder")
+        if not create and db is None and not folder.exists():
+            # A read-only command with a mistyped --index must not leave an empty library behind.
+            raise ConfigError(f"no library at {folder}: `lbsearch index PATH --index {folder}` creates one")
         folder.mkdir(parents=True, exist_ok=True)
         return cls(folder, Database.open(db or folder), device=device, dtype=dtype)
 

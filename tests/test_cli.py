@@ -230,7 +230,7 @@ ERROR_CASES: dict[str, tuple[Callable[[Setup], list[str]], str, int, str]] = {
     "undecodable video": (lambda s: ["search", "--like", str(s.bad["bad.mp4"])], "index", 1, "cannot open as video"),
     "undecodable image": (lambda s: ["search", "--like", str(s.bad["bad.png"])], "index", 1, "cannot decode image"),
     "not media": (lambda s: ["search", "--like", str(s.bad["notes.txt"])], "index", 1, "unknown extension"),
-    "no library": (lambda s: ["search", TEXT], "missing", 1, "no model set"),
+    "no library": (lambda s: ["search", TEXT], "missing", 1, "no library at"),
     "empty library": (lambda s: ["search", TEXT], "empty", 1, "is empty"),
     "empty query": (lambda s: ["search"], "index", 1, "empty query"),
     "part without weight": (lambda s: ["search", "--part", "rain"], "index", 2, "expected NAME=VALUE"),
@@ -279,6 +279,7 @@ def test_errors_are_one_clear_line_and_an_exit_code(setup: Setup, case: str) -> 
     assert "Traceback" not in result.output
     assert result.stdout == ""
     assert_one_line_error(result.stderr, message)
+    assert index_of(setup, "missing").exists() is False  # a read-only command never creates a library
 
 
 def test_a_bad_option_value_is_a_usage_error(setup: Setup) -> None:

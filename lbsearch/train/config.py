@@ -165,12 +165,14 @@ def _toy() -> TrainConfig:
             lora=LoraSettings(rank=8, alpha=16, dropout=0.0), also_train=INPUT_LAYERS, scenes=4000,
         ),
         "depth": Stage2Config(
-            "depth", Schedule(steps=250, batch_size=128, lr=2e-3, warmup_steps=25), mask_ratio=0.3,
-            lora=LoraSettings(rank=8, alpha=16, dropout=0.0), also_train=INPUT_LAYERS, scenes=4000,
+            # Depth and thermal read the shape from an outline alone (no colour); with half the scenes and
+            # 250-600 steps thermal shape stalled at 0.82-0.87 zero-shot, with all of them and 1000 steps 0.94.
+            "depth", Schedule(steps=800, batch_size=128, lr=2e-3, warmup_steps=50), mask_ratio=0.3,
+            lora=LoraSettings(rank=8, alpha=16, dropout=0.0), also_train=INPUT_LAYERS,
         ),
         "thermal": Stage2Config(
-            "thermal", Schedule(steps=250, batch_size=128, lr=2e-3, warmup_steps=25), mask_ratio=0.3,
-            lora=LoraSettings(rank=8, alpha=16, dropout=0.0), also_train=INPUT_LAYERS, scenes=4000,
+            "thermal", Schedule(steps=1000, batch_size=128, lr=2e-3, warmup_steps=50), mask_ratio=0.3,
+            lora=LoraSettings(rank=8, alpha=16, dropout=0.0), also_train=INPUT_LAYERS,
         ),
         "video": Stage2Config(
             "video", Schedule(steps=300, batch_size=48, lr=2e-3, warmup_steps=40), mask_ratio=0.5,
