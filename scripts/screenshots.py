@@ -21,6 +21,8 @@ from app import live  # noqa: E402
 from lbsearch.errors import LbsearchError  # noqa: E402
 
 OUT = REPO / "docs" / "screenshots"
+# The README shows the top of each page: the controls and the first rows of hits.
+README_HEIGHT = 1700
 
 
 def demo_library(folder: Path) -> tuple[Path, str, Path]:
@@ -57,6 +59,15 @@ def capture(index: Path, query: str, example: Path, out: Path) -> list[Path]:
     return shots
 
 
+def top_of_page(path: Path, height: int) -> None:
+    """Cut a whole-page screenshot down to its first ``height`` pixels."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        top = image.crop((0, 0, image.width, min(height, image.height)))
+    top.save(path, optimize=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index", type=Path, help="an indexed library (default: generate the demo library)")
@@ -76,6 +87,7 @@ def main() -> int:
             else:
                 index, query, example = args.index, args.query, args.example
             for shot in capture(index, query, example, args.out):
+                top_of_page(shot, README_HEIGHT)
                 print(shot)
     except LbsearchError as exc:
         print(f"error: {exc}", file=sys.stderr)
