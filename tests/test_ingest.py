@@ -619,7 +619,9 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_completes(tmp_path, toy_source, toy_re
     with open_library(index, models=models) as library:
         process = start_index_command(root, index, commit_files=4)
         try:
-            wait_for_commits(process, library.db, rng.randrange(4, 40))
+            # Early in the run: on a quiet machine decoding runs far ahead of the commits, and a late Ctrl-C
+            # can find every file already decoded and embedded.
+            wait_for_commits(process, library.db, rng.randrange(2, 10))
             process.send_signal(signal.SIGINT)
             out, err = process.communicate(timeout=120)
         finally:

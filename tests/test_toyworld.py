@@ -137,7 +137,7 @@ def test_motion_shows_as_a_trail_behind_the_still_and_as_movement_in_the_video()
         frames = render_modality(scene, "video")
         assert frames.shape == (CONFIG.num_frames, size, size, 3)
         path = _centroid(_changed_pixels(frames[-1])) - _centroid(_changed_pixels(frames[0]))
-        assert path @ step > 0.2 * size and abs(path @ step[::-1]) < 2.0, (scene.caption, path)
+        assert path @ step > 0.8 * scene.nuisance.travel * size and abs(path @ step[::-1]) < 2.0, (scene.caption, path)
 
 
 def test_temperature_shows_in_thermal_and_rgb():
