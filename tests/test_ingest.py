@@ -465,11 +465,18 @@ def test_an_encoder_failure_stops_the_run_without_a_trace_in_the_library(tmp_pat
 
 # The command with small commits (it has no option for them), so a kill lands between many commits.
 _COMMAND = """
-import functools, sys
+import functools, sys, time
 import lbsearch.pipeline
 lbsearch.pipeline.IngestOptions = functools.partial(
     lbsearch.pipeline.IngestOptions, commit_files=int(sys.argv.pop(1)), commit_seconds=60.0
 )
+# Decoding paced at 50 ms a part, so that on a fast, quiet machine a signal sent after a few commits still lands
+# mid-run instead of after the last file was decoded.
+_decode = lbsearch.pipeline.decode
+def paced_decode(task):
+    time.sleep(0.05)
+    return _decode(task)
+lbsearch.pipeline.decode = paced_decode
 from cli import app
 app()
 """
@@ -626,7 +633,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_completes(tmp_path, toy_source, toy_re
             out, err = process.communicate(timeout=120)
         finally:
             process.kill()
-        assert process.returncode == 130, err
+        assert process.returncode == 130, (out, err)
         summary = json.loads(out)
         assert summary["interrupted"] is True
         statuses = file_statuses(library.db)
