@@ -26,6 +26,7 @@ from lbsearch.preprocess import (
     sample_indices,
     video_tensor,
 )
+from lbsearch.preprocess import audio as audio_module
 from lbsearch.preprocess.common import clip_normalize
 
 MODALITIES = ("video", "audio", "depth", "thermal", "image")
@@ -288,6 +289,21 @@ def test_wav_sample_formats_scale_like_torchaudio(subtype: str, tmp_path: Path) 
     assert rate == reference_rate == 22050
     assert waveform.dtype == torch.float32
     assert torch.equal(waveform, torch.from_numpy(reference.T.copy()))
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "FLOAT", "ULAW", "ALAW", "MS_ADPCM", "IMA_ADPCM", "GSM610"])
+def test_a_wav_opened_from_its_header_decodes_as_with_ffmpeg_probing(
+    subtype: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # load_audio skips FFmpeg's stream probing for WAV files (a speed-up): the samples must not change.
+    path = tmp_path / f"{subtype}.wav"
+    channels = 1 if subtype == "GSM610" else 2
+    soundfile.write(path, tone(0.5, 22050, 330, channels=channels).T, 22050, subtype=subtype)
+    waveform, rate = load_audio(path)
+    monkeypatch.setattr(audio_module, "_WAV_OPEN_OPTIONS", {})  # FFmpeg's defaults: the stream is probed
+    probed, probed_rate = load_audio(path)
+    assert rate == probed_rate == 22050 and waveform.shape[0] == channels
+    assert torch.equal(waveform, probed)
 
 
 def test_flac_is_lossless(tmp_path: Path) -> None:
