@@ -307,7 +307,7 @@ class Ingestor:
         heavy = tower is not None and sum(p.numel() for p in tower.parameters()) >= HEAVY_ENCODER_PARAMETERS
         if self.options.workers == 0 or (heavy and encoder.device.type == "cpu"):
             return all_threads
-        return max(1, _available_cores() - self.options.workers)
+        return max(1, available_cores() - self.options.workers)
 
     def _decoded(self, todo: list[DecodeTask], accept: Callable[[DecodedPart], list[DecodeTask]]):
         """Yield decoded parts as they come, keeping at most ``max_in_flight`` tasks outstanding."""
@@ -347,7 +347,7 @@ class Ingestor:
             progress.files_done += 1
 
 
-def _available_cores() -> int:
+def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
