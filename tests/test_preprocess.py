@@ -299,7 +299,11 @@ def test_a_wav_opened_from_its_header_decodes_as_with_ffmpeg_probing(
     path = tmp_path / f"{subtype}.wav"
     channels = 1 if subtype == "GSM610" else 2
     soundfile.write(path, tone(0.5, 22050, 330, channels=channels).T, 22050, subtype=subtype)
+    opened_with = []
+    real_open = audio_module.av.open
+    monkeypatch.setattr(audio_module.av, "open", lambda *a, **k: opened_with.append(k["options"]) or real_open(*a, **k))
     waveform, rate = load_audio(path)
+    assert opened_with == [audio_module._WAV_OPEN_OPTIONS] != [{}]  # the fast path was taken
     monkeypatch.setattr(audio_module, "_WAV_OPEN_OPTIONS", {})  # FFmpeg's defaults: the stream is probed
     probed, probed_rate = load_audio(path)
     assert rate == probed_rate == 22050 and waveform.shape[0] == channels
