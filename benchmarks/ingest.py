@@ -81,7 +81,8 @@ def large_encoders() -> dict[str, Encoder]:
     encoders = {}
     for modality in MODALITIES:
         config = large_config(modality)
-        encoders[modality] = Encoder(config, VisionTower(config.vision, config.projection_dim), None, 2.6592)
+        tower = VisionTower(config.vision, config.projection_dim)
+        encoders[modality] = Encoder(config, tower, None, config.logit_scale_init_value, source="random")
     return encoders
 
 
@@ -91,10 +92,6 @@ class Measure:
     files: int
     inputs: int
     cpu_seconds: float = 0.0  # this process and its finished children
-
-    @property
-    def files_per_second(self) -> float:
-        return self.files / self.seconds
 
 
 def cpu_seconds() -> float:

@@ -348,6 +348,7 @@ class Ingestor:
 
 
 def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, where the platform has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
