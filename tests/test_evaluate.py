@@ -23,6 +23,7 @@ from lbsearch.datasets import (
     msrvtt_1ka,
     msvd,
 )
+from lbsearch.errors import ConfigError
 from lbsearch.eval import (
     ZERO_SHOT_TASKS,
     check_bars,
@@ -30,6 +31,7 @@ from lbsearch.eval import (
     embed_files,
     evaluate_embeddings,
     evaluate_toyworld,
+    split_scenes,
 )
 from lbsearch.models import Encoder, build_encoder
 from lbsearch.toyworld import CARRIED_BY, SOUNDS, LibraryLayout, World, WorldSpec, write_scene
@@ -245,3 +247,13 @@ def test_class_folder_layouts_and_errors(media, tmp_path):
         load_benchmark("imagenet", tmp_path)
     with pytest.raises(DatasetError, match="is a depth benchmark"):
         evaluate_benchmark(_random_model_set()["audio"], load_benchmark("nyud", tmp_path / "nyud"))
+
+
+def test_a_split_gives_at_most_one_scene_per_combination():
+    # Beyond that, scenes repeat captions and a caption would have several right answers.
+    world = World(0)
+    combinations = len(world.spec.split_combinations("heldout"))
+    scenes = split_scenes(world, "heldout", combinations)
+    assert len({s.combination for s in scenes}) == combinations
+    with pytest.raises(ConfigError, match=f"{combinations} attribute combinations"):
+        split_scenes(world, "heldout", combinations + 1)
