@@ -30,17 +30,10 @@ from typing import Any
 import torch
 
 from lbsearch.errors import LbsearchError
-from lbsearch.metrics import cosine_similarity, multi_caption_retrieval_metrics, top_k_accuracy
+from lbsearch.metrics import cosine_similarity, multi_caption_retrieval_metrics
 from lbsearch.models.encoder import Encoder
-from lbsearch.zeroshot import build_classifier, classify
-
-MEDIA_EXTENSIONS = {
-    "video": (".mp4", ".avi", ".mkv", ".webm", ".mov"),
-    "audio": (".wav", ".flac", ".mp3", ".ogg"),
-    "depth": (".png",),
-    "thermal": (".jpg", ".jpeg", ".png", ".bmp"),
-    "image": (".jpg", ".jpeg", ".png", ".bmp"),
-}
+from lbsearch.scan import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, IMAGE_MODALITIES, VIDEO_EXTENSIONS
+from lbsearch.zeroshot import accuracy, build_classifier
 
 
 class DatasetError(LbsearchError):
@@ -73,13 +66,25 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
+def _extensions(modality: str) -> list[str]:
+    """The file extensions (with the dot) that ingestion reads for a modality: the same set here."""
+    kinds = {"video": VIDEO_EXTENSIONS, "audio": AUDIO_EXTENSIONS, "image": IMAGE_EXTENSIONS}
+    return sorted(f".{e}" for e in kinds["image" if modality in IMAGE_MODALITIES else modality])
+
+
 def _read_csv(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
     _require(path, "the dataset's caption/label table")
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    missing = [c for c in columns if not rows or c not in rows[0]]
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{path}: not a UTF-8 CSV table ({exc})") from exc
+    missing = [c for c in columns if c not in (reader.fieldnames or ())]
     if missing:
         raise DatasetError(f"{path}: expected columns {list(columns)}, missing {missing}")
+    if not rows:
+        raise DatasetError(f"{path}: the table has no rows")
     return rows
 
 
@@ -91,10 +96,10 @@ def _first_folder(root: Path, names: Sequence[str]) -> Path:
 
 
 def _media_file(folder: Path, stem: str, modality: str) -> Path:
-    for extension in MEDIA_EXTENSIONS[modality]:
+    for extension in _extensions(modality):
         if (folder / f"{stem}{extension}").is_file():
             return folder / f"{stem}{extension}"
-    raise DatasetError(f"{folder}: no {modality} file named {stem} with one of {MEDIA_EXTENSIONS[modality]}")
+    raise DatasetError(f"{folder}: no {modality} file named {stem} with one of {_extensions(modality)}")
 
 
 def msrvtt_1ka(root: str | Path) -> RetrievalSet:
@@ -129,8 +134,10 @@ def msvd(root: str | Path) -> RetrievalSet:
         if video_id not in captions:
             raise DatasetError(f"{path}: no captions for test video {video_id}")
         files.append(_media_file(folder, video_id, "video"))
-        for tokens in captions[video_id]:
-            texts.append(" ".join(tokens))
+        for caption in captions[video_id]:
+            if not isinstance(caption, (str, list)):
+                raise DatasetError(f"{path}: a caption of {video_id} is neither text nor a token list")
+            texts.append(caption if isinstance(caption, str) else " ".join(caption))
             owners.append(index)
     return RetrievalSet("msvd", "video", files, texts, owners)
 
@@ -153,17 +160,19 @@ def clotho(root: str | Path) -> RetrievalSet:
 def class_folders(root: str | Path, modality: str, name: str) -> ClassificationSet:
     """ImageFolder layout: one folder per class (sorted, as ImageFolder numbers them), media files inside."""
     root = Path(_require(Path(root), f"{name} folder"))
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder (expected one folder per class)")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
-        raise DatasetError(f"{root}: expected one folder per class")
+    if len(classes) < 2:  # one class would score every item right
+        raise DatasetError(f"{root}: expected one folder per class, found {len(classes)} folder(s)")
     files, labels = [], []
     for label, folder in enumerate(classes):
         for path in sorted((root / folder).iterdir()):
-            if path.suffix.lower() in MEDIA_EXTENSIONS[modality]:
+            if path.suffix.lower() in _extensions(modality):
                 files.append(path)
                 labels.append(label)
     if not files:
-        raise DatasetError(f"{root}: no {modality} files ({MEDIA_EXTENSIONS[modality]}) in the class folders")
+        raise DatasetError(f"{root}: no {modality} files ({_extensions(modality)}) in the class folders")
     return ClassificationSet(name, modality, files, labels, [c.replace("_", " ") for c in classes])
 
 
@@ -172,31 +181,37 @@ def esc50(root: str | Path, folds: Sequence[int] | None = None) -> Classificatio
     root = Path(root)
     meta = root / "meta" / "esc50.csv"
     if not meta.is_file():
+        if (root / "audio").is_dir():  # the repository layout without its table: not a class folder
+            raise DatasetError(f"{meta}: missing (the ESC-50 label table beside audio/)")
         return class_folders(root, "audio", "esc50")
     rows = _read_csv(meta, ("filename", "fold", "target", "category"))
-    rows = [row for row in rows if folds is None or int(row["fold"]) in folds]
-    names: dict[int, str] = {int(row["target"]): row["category"].replace("_", " ") for row in rows}
+    try:
+        rows = [row for row in rows if folds is None or int(row["fold"]) in folds]
+        targets = [int(row["target"]) for row in rows]
+    except ValueError as exc:
+        raise DatasetError(f"{meta}: fold and target must be whole numbers ({exc})") from exc
+    names = {target: row["category"].replace("_", " ") for target, row in zip(targets, rows, strict=True)}
     order = sorted(names)
     files = [_require(root / "audio" / row["filename"], "an ESC-50 clip") for row in rows]
-    labels = [order.index(int(row["target"])) for row in rows]
+    labels = [order.index(target) for target in targets]
     return ClassificationSet("esc50", "audio", files, labels, [names[t] for t in order])
 
 
-BENCHMARKS: dict[str, tuple[str, Callable[[Path], ClassificationSet | RetrievalSet]]] = {
-    "msrvtt": ("video", msrvtt_1ka),
-    "msvd": ("video", msvd),
-    "clotho": ("audio", clotho),
-    "esc50": ("audio", esc50),
-    "nyud": ("depth", lambda root: class_folders(root, "depth", "nyud")),
-    "llvip": ("thermal", lambda root: class_folders(root, "thermal", "llvip")),
-    "flir": ("thermal", lambda root: class_folders(root, "thermal", "flir")),
+BENCHMARKS: dict[str, Callable[[Path], ClassificationSet | RetrievalSet]] = {
+    "msrvtt": msrvtt_1ka,
+    "msvd": msvd,
+    "clotho": clotho,
+    "esc50": esc50,
+    "nyud": lambda root: class_folders(root, "depth", "nyud"),
+    "llvip": lambda root: class_folders(root, "thermal", "llvip"),
+    "flir": lambda root: class_folders(root, "thermal", "flir"),
 }
 
 
 def load_benchmark(name: str, root: str | Path) -> ClassificationSet | RetrievalSet:
     if name not in BENCHMARKS:
         raise DatasetError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
-    return BENCHMARKS[name][1](Path(root))
+    return BENCHMARKS[name](Path(root))
 
 
 def _embed(encoder: Encoder, files: Sequence[Path], batch_size: int) -> torch.Tensor:
@@ -215,9 +230,8 @@ def evaluate_benchmark(encoder: Encoder, dataset: ClassificationSet | RetrievalS
     items = _embed(encoder, dataset.files, batch_size)
     if isinstance(dataset, ClassificationSet):
         classifier = build_classifier(dataset.class_names, dataset.modality, encoder.encode_text)
-        logits = classify(items, classifier).numpy()
         ks = tuple(k for k in (1, 5) if k <= len(dataset.class_names))
-        scores = top_k_accuracy(logits, dataset.labels, ks)
+        scores = accuracy(items, classifier, dataset.labels, ks)
         return {"benchmark": dataset.name, "n": len(dataset.files), **{f"top{k}": v for k, v in scores.items()}}
     sim = cosine_similarity(encoder.encode_text(dataset.captions, batch_size=256), items)
     both = multi_caption_retrieval_metrics(sim, dataset.caption_items)
