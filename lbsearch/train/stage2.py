@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from lbsearch.errors import ConfigError
+from lbsearch.errors import ConfigError, MediaError
 from lbsearch.models.config import ModelConfig
 from lbsearch.models.encoder import Encoder
 from lbsearch.models.towers import PatchEmbeddings, VisionTower
@@ -236,12 +236,22 @@ def file_batches(files: CaptionedFiles, start: Encoder, batch_size: int, workers
     generator = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(files, batch_size=batch_size, shuffle=True, drop_last=True,
                                          num_workers=workers, generator=generator)
+    if len(files) < batch_size:  # drop_last would leave every pass empty: training would wait for ever
+        raise ConfigError(f"{files.manifest}: {len(files)} files cannot fill one batch of {batch_size}")
     while True:
-        for inputs, captions in loader:
-            captions = list(captions)
-            numbering: dict[str, int] = {}
-            codes = torch.tensor([[numbering.setdefault(caption, len(numbering))] for caption in captions])
-            yield inputs, start.encode_text(captions), matching_pairs(codes)
+        try:
+            for inputs, captions in loader:
+                captions = list(captions)
+                numbering: dict[str, int] = {}
+                codes = torch.tensor([[numbering.setdefault(caption, len(numbering))] for caption in captions])
+                yield inputs, start.encode_text(captions), matching_pairs(codes)
+        except RuntimeError as exc:
+            # A loader worker's MediaError comes back as a RuntimeError carrying its traceback text.
+            reason = str(exc).strip().splitlines()[-1]
+            if "MediaError: " not in reason:
+                raise
+            cause = reason.split("MediaError: ", 1)[1]
+            raise MediaError(files.manifest, f"a listed file cannot be used: {cause}") from exc
 
 
 def bind_files(
