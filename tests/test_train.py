@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -33,7 +34,7 @@ from lbsearch.train import (
     start_tower,
     train_stage1,
 )
-from lbsearch.train.data import matching_pairs
+from lbsearch.train.data import MENTIONABLE, matching_pairs
 from lbsearch.train.stage2 import _trainable
 
 CONFIG = preset("test")
@@ -87,9 +88,13 @@ def test_partial_descriptions_pin_what_they_name():
     for _ in range(50):
         text, pinned = sampler.sample(scene, rng)
         assert 1 <= len(pinned) <= 2 and text.count(".") >= 1
-        for name in pinned:
-            value = scene.attributes[name]
-            assert value in text or scene.attributes["sound"].removeprefix("a ") in text
+        # Exactly the attributes the text names are pinned (naming the sound pins the shape that makes it).
+        named = {
+            "shape" if name == "sound" else name
+            for name in MENTIONABLE
+            if re.search(rf"\b{re.escape(scene.attributes[name].removeprefix('a '))}\b", text)
+        }
+        assert set(pinned) == named, (text, pinned)
     text, pinned = CaptionSampler(full_caption_fraction=1.0).sample(scene, rng)
     assert text in scene.captions and len(pinned) == 5
 
@@ -115,6 +120,7 @@ def test_patch_masking_keeps_cls_and_shares_positions_across_frames():
                  for f in range(full.shape[0])]
     assert all(p == positions[0] for p in positions[: RENDER.num_frames])
     assert all(p == positions[RENDER.num_frames] for p in positions[RENDER.num_frames :])
+    assert positions[0] != positions[RENDER.num_frames]
     embeddings.eval()
     assert torch.equal(embeddings(frames, RENDER.num_frames), full)  # no masking at inference
     handle.remove()
