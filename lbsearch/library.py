@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from lbsearch import query
-from lbsearch.db import Database, FileRecord
+from lbsearch.db import SQLITE_FILE_NAME, Database, FileRecord
 from lbsearch.errors import ConfigError
 from lbsearch.models import MODALITIES, Encoder, load_checkpoint
 from lbsearch.models.registry import MODEL_SETS, model_set
@@ -71,7 +71,7 @@ class Library:
         folder = Path(location).expanduser() if location is not None else default_index_folder()
         if folder.exists() and not folder.is_dir():
             raise ConfigError(f"{folder}: the index location is a file, not a folder")
-        if not create and db is None and not folder.exists():
+        if not create and db is None and not (folder / SQLITE_FILE_NAME).is_file():
             # A read-only command with a mistyped --index must not leave an empty library behind.
             raise ConfigError(f"no library at {folder}: `lbsearch index PATH --index {folder}` creates one")
         folder.mkdir(parents=True, exist_ok=True)

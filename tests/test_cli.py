@@ -282,6 +282,16 @@ def test_errors_are_one_clear_line_and_an_exit_code(setup: Setup, case: str) -> 
     assert index_of(setup, "missing").exists() is False  # a read-only command never creates a library
 
 
+def test_read_only_commands_leave_a_folder_that_is_not_a_library_alone(tmp_path: Path) -> None:
+    # A mistyped --index that names an existing folder of other things (say ~/Videos).
+    (tmp_path / "holiday.mp4").write_bytes(b"")
+    for command in (["status"], ["search", TEXT], ["verify"]):
+        result = runner.invoke(app, [*command, "--index", str(tmp_path)])
+        assert result.exit_code == 1, result.output
+        assert_one_line_error(result.stderr, f"no library at {tmp_path}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["holiday.mp4"]
+
+
 def test_a_bad_option_value_is_a_usage_error(setup: Setup) -> None:
     result = runner.invoke(app, ["search", TEXT, "-k", "many", "--index", str(setup.index)])
     assert result.exit_code == 2 and "Traceback" not in result.output
