@@ -61,7 +61,7 @@ class Library:
         dtype: torch.dtype | None = None,
         create: bool = True,
     ) -> Library:
-        """Open a library, creating it if needed (``create=False``: a missing index folder is an error).
+        """Open a library, creating it if needed (``create=False``: a folder without its database is an error).
 
         ``location`` is the index folder (default ``$LBSEARCH_INDEX`` or ``./indexes``) or a database URL;
         ``db`` points the metadata at another database (e.g. PostgreSQL) while FAISS files stay in the folder.
