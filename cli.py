@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lbsearch.errors import LbsearchError
+from lbsearch.errors import ConfigError, LbsearchError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -663,6 +663,8 @@ def train_toy(
     from lbsearch.train.config import BOUND_MODALITIES
     from lbsearch.train.recipe import train_toy_set
 
+    if report_file is not None and not report_file.parent.is_dir():  # checked now, not after the training
+        raise ConfigError(f"--report {report_file}: the folder {report_file.parent} does not exist")
     report = train_toy_set(
         preset_name,
         out or DEMO_DIR,

@@ -178,6 +178,9 @@ def test_bad_options_are_one_clear_error(tmp_path, monkeypatch):
     assert "unknown training preset 'huge'" in error
     error = _error_line(runner.invoke(app, ["train", "toy", "--preset", "test", "--ablations", "image"]))
     assert "can be bound or ablated" in error
+    missing = tmp_path / "no-such-folder" / "report.json"
+    error = _error_line(runner.invoke(app, ["train", "toy", "--preset", "test", "--report", str(missing)]))
+    assert f"the folder {missing.parent} does not exist" in error
     error = _error_line(runner.invoke(app, ["eval", "toyworld", "--model", "smell=/somewhere"]))
     assert "--model 'smell=/somewhere'" in error
     error = _error_line(runner.invoke(app, ["eval", "toyworld", "--models", "nonesuch"]))
