@@ -271,6 +271,11 @@ def bind_files(
     model_config = modality_config(start.config, config.modality, **model_options)
     files = CaptionedFiles(manifest, config.modality, model_config.vision)
     files.check_files()
+    home = start.device
     start.to(device)
-    batches = file_batches(files, start, config.schedule.batch_size, workers)
-    return bind(start, model_config, config, batches, device=device, log=log)
+    try:
+        batches = file_batches(files, start, config.schedule.batch_size, workers)
+        bound = bind(start, model_config, config, batches, device=device, log=log)
+    finally:
+        start.to(home)  # the caller's encoder goes back where it was
+    return bound.to(home)  # and the result's new tower joins the language tower it shares with it
