@@ -154,15 +154,17 @@ def decode_only(
     todo = [DecodeTask(f.path, f.modality, ingestor._settings_for(f.modality), options.windows) for f in files]
     todo.reverse()  # the pipeline pops tasks from the end
 
+    inputs: list[ModelInput] = []
+
     def accept(part: DecodedPart) -> list[DecodeTask]:
         if part.error is not None:
             raise RuntimeError(f"{part.task.path}: {part.error}")
+        inputs.extend(part.inputs)
         return follow_up_tasks(part) if part.task.part == 0 else []
 
-    inputs: list[ModelInput] = []
     started, cpu_started = time.perf_counter(), cpu_seconds()
-    for part in ingestor._decoded(todo, accept):
-        inputs += part.inputs
+    for _ in ingestor._decoded(todo, accept):
+        pass
     seconds = time.perf_counter() - started
     db.close()
     return Measure(seconds, len(files), len(inputs), cpu_seconds() - cpu_started), inputs

@@ -7,6 +7,7 @@ LBSEARCH_CRASH_SEED to try other moments.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import pickle
@@ -32,7 +33,7 @@ from lbsearch import scan as scan_module
 from lbsearch.db import Database, File, IngestRun, Item
 from lbsearch.decode import DecodeTask, WindowSpec, decode
 from lbsearch.library import Library
-from lbsearch.pipeline import IngestOptions, IngestProgress
+from lbsearch.pipeline import IngestOptions, Ingestor, IngestProgress
 from lbsearch.preprocess import PreprocessSettings
 
 # The shared helpers assert too: rewrite them for readable failures (before they are imported).
@@ -333,6 +334,57 @@ def test_windows_past_one_decode_part_are_all_embedded(tmp_path, models):
                     vector.embedding, embed_directly(library, modality, video, vector.start, vector.end), atol=1e-5
                 )
         assert_consistent(library)
+
+
+def test_workers_left_without_tasks_are_reported_for_encoding(tmp_path, models):
+    """`_decoded` says after each part how many workers have nothing left to decode: none while tasks wait to be
+    submitted, every worker once the last part is in (their cores then go to encoding)."""
+    root = tmp_path / "library"
+    root.mkdir()
+    for index in range(10):
+        Image.fromarray(np.full((24, 32, 3), 20 * index, np.uint8)).save(root / f"{index}.png")
+    options = IngestOptions(workers=2, batch_size=1)  # at most 2 * 1 + 2 * 2 = 6 tasks in flight
+    with open_library(tmp_path / "index", models=models) as library:
+        encoders = {"image": library.encoder("image")}
+        ingestor = Ingestor(library.db, encoders, {"image": library.model_id("image")}, options)
+        settings = ingestor._settings_for("image")
+        todo = [DecodeTask(str(path), "image", settings) for path in sorted(root.iterdir())]
+        accepted: list[int] = []
+
+        def accept(part):
+            assert part.error is None, part.error
+            accepted.append(len(todo))  # tasks not yet submitted when this part came
+            return []
+
+        idle = list(ingestor._decoded(todo, accept))
+    assert len(idle) == len(accepted) == 10
+    assert all(count == 0 for count, waiting in zip(idle, accepted, strict=True) if waiting)
+    assert accepted[0] == 4 and idle[-1] == 2 and all(0 <= count <= 2 for count in idle)
+
+
+def test_a_run_freezes_older_objects_for_the_garbage_collector_and_thaws_them(tmp_path, models, monkeypatch):
+    """Objects older than the run are frozen while it runs (a full collection would rescan torch and the models)
+    and thawed after it; objects a caller froze itself stay frozen."""
+    root = tmp_path / "library"
+    root.mkdir()
+    Image.fromarray(np.full((24, 32, 3), 90, np.uint8)).save(root / "a.png")
+    seen: list[int] = []
+    with open_library(tmp_path / "index", models=models) as library:
+        encoder = library.encoder("image")
+        real_encode = encoder.encode
+        monkeypatch.setattr(encoder, "encode", lambda x: seen.append(gc.get_freeze_count()) or real_encode(x))
+        assert gc.get_freeze_count() == 0
+        library.add(root, options=IngestOptions(workers=0))
+        assert seen and seen[0] > 0 and gc.get_freeze_count() == 0
+
+        gc.freeze()  # as a pre-forking server would
+        try:
+            (root / "a.png").unlink()
+            Image.fromarray(np.full((24, 32, 3), 30, np.uint8)).save(root / "b.png")
+            library.add(root, options=IngestOptions(workers=0))
+            assert len(seen) == 2 and gc.get_freeze_count() > 0  # the run did not unfreeze the caller's objects
+        finally:
+            gc.unfreeze()
 
 
 def test_decoded_inputs_cross_from_the_workers_as_plain_arrays(tmp_path):
