@@ -65,6 +65,7 @@ class DecodeTask:
     windows: WindowSpec = WindowSpec()
     part: int = 0
     first_window: int = 0
+    size: int = 0  # the file's bytes on disk: small files go to a worker several at a time
 
 
 @dataclass

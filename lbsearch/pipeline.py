@@ -39,6 +39,11 @@ ORPHAN_CHECK_SECONDS = 0.5
 # A modality tower this big (a ViT-B has ~88M parameters, a ViT-L ~300M) takes far longer per input on a CPU
 # than decoding does: it gets every core even while the workers decode.
 HEAVY_ENCODER_PARAMETERS = 20_000_000
+# Small files go to a worker in groups: each call costs ~1 ms of pickling, pipe traffic and thread wake-ups here,
+# as much as decoding a small PNG. Groups of up to 8 cut the toy benchmark's CPU time by 10% and its wall time by
+# 14%; a file of a megabyte or more (a photo, a real video) is worth a call of its own.
+GROUP_TASKS = 8
+GROUP_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -146,7 +151,13 @@ class Ingestor:
         tasks: list[tuple[int, DecodeTask, frozenset[int] | None]] = [
             (
                 file_ids[t.file.path],
-                DecodeTask(t.file.path, t.file.modality, self._settings_for(t.file.modality), self.options.windows),
+                DecodeTask(
+                    t.file.path,
+                    t.file.modality,
+                    self._settings_for(t.file.modality),
+                    self.options.windows,
+                    size=t.file.size,
+                ),
                 None,
             )
             for t in readable
@@ -192,9 +203,8 @@ class Ingestor:
                     if m == modality or record.id in lacking.get(m, ())
                 }
                 only = frozenset(self.model_ids[m] for m in settings)
-                tasks.append(
-                    (record.id, DecodeTask(record.path, record.modality, settings, self.options.windows), only)
-                )
+                task = DecodeTask(record.path, record.modality, settings, self.options.windows, size=record.size)
+                tasks.append((record.id, task, only))
         return tasks
 
     # ---------------------------------------------------------------------------------------- execution
@@ -330,19 +340,35 @@ class Ingestor:
         with cf.ProcessPoolExecutor(
             self.options.workers, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),)
         ) as pool:
-            running: set[cf.Future] = set()
+            running: dict[cf.Future, int] = {}  # a worker call -> the tasks in it
+            in_flight = 0
             try:
                 while todo or running:
-                    while todo and len(running) < self.options.max_in_flight:
-                        running.add(pool.submit(decode, todo.pop()))
-                    done, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                    while todo and in_flight < self.options.max_in_flight:
+                        group = self._next_group(todo)
+                        running[pool.submit(_decode_group, group)] = len(group)
+                        in_flight += len(group)
+                    done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
                     for future in done:
-                        todo.extend(reversed(accept(future.result())))
-                        yield 0 if todo else max(0, self.options.workers - len(running))
+                        in_flight -= running.pop(future)
+                        for part in future.result():
+                            todo.extend(reversed(accept(part)))
+                            yield 0 if todo else max(0, self.options.workers - len(running))
             finally:
                 for future in running:
                     future.cancel()
                 pool.shutdown(wait=True, cancel_futures=True)
+
+    def _next_group(self, todo: list[DecodeTask]) -> list[DecodeTask]:
+        """The tasks for one worker call, taken from the end of ``todo``: small files together, and smaller groups
+        as the work runs out, so the workers finish together."""
+        most = max(1, min(GROUP_TASKS, len(todo) // (2 * self.options.workers)))
+        group = [todo.pop()]
+        total = group[0].size
+        while todo and len(group) < most and total + todo[-1].size <= GROUP_BYTES:
+            total += todo[-1].size
+            group.append(todo.pop())
+        return group
 
     @staticmethod
     def _maybe_finish(owner: _PendingFile, pending: dict, finished: list, progress: IngestProgress) -> None:
@@ -369,6 +395,10 @@ def _older_objects_frozen() -> Iterator[None]:
 def available_cores() -> int:
     """The CPU cores this process may run on (its affinity mask, where the platform has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _decode_group(tasks: list[DecodeTask]) -> list[DecodedPart]:
+    return [decode(task) for task in tasks]
 
 
 def _worker_init(parent_pid: int) -> None:

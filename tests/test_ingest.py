@@ -362,6 +362,20 @@ def test_workers_left_without_tasks_are_reported_for_encoding(tmp_path, models):
     assert accepted[0] == 4 and idle[-1] == 2 and all(0 <= count <= 2 for count in idle)
 
 
+def test_small_files_go_to_the_workers_in_groups_and_large_ones_alone():
+    ingestor = Ingestor(None, {}, {}, IngestOptions(workers=2))
+    sizes = [3_000] * 64 + [5_000_000, 400_000, 400_000, 400_000] + [3_000] * 40
+    todo = [DecodeTask(f"/media/{index}", "image", {}, size=size) for index, size in enumerate(sizes)]
+    todo.reverse()  # the pipeline takes tasks from the end
+    groups = []
+    while todo:
+        groups.append([int(task.path.rsplit("/", 1)[1]) for task in ingestor._next_group(todo)])
+    assert [index for group in groups for index in group] == list(range(len(sizes)))  # each once, in order
+    assert [len(group) for group in groups[:8]] == [8] * 8 and max(map(len, groups)) == 8
+    assert [64] in groups and [65, 66] in groups  # 5 MB alone; a third 400 kB file would pass 1 MiB
+    assert [len(group) for group in groups[-3:]] == [1, 1, 1]  # one by one at the end: the workers end together
+
+
 def test_a_run_freezes_older_objects_for_the_garbage_collector_and_thaws_them(tmp_path, models, monkeypatch):
     """Objects older than the run are frozen while it runs (a full collection would rescan torch and the models)
     and thawed after it; objects a caller froze itself stay frozen."""
