@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
+import multiprocessing
 import os
 import pickle
 import random
@@ -360,6 +361,11 @@ def test_workers_left_without_tasks_are_reported_for_encoding(tmp_path, models):
     assert len(idle) == len(accepted) == 10
     assert all(count == 0 for count, waiting in zip(idle, accepted, strict=True) if waiting)
     assert accepted[0] == 4 and idle[-1] == 2 and all(0 <= count <= 2 for count in idle)
+    # The run does not wait for the idle workers to exit, but they do exit.
+    deadline = time.monotonic() + 30
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert multiprocessing.active_children() == []
 
 
 def test_small_files_go_to_the_workers_in_groups_and_large_ones_alone():
