@@ -165,9 +165,12 @@ def decode_only(
         return follow_up_tasks(part) if part.task.part == 0 else []
 
     started, cpu_started = time.perf_counter(), cpu_seconds()
-    for _ in ingestor._decoded(todo, accept):
+    pool = ingestor._start_workers()
+    for _ in ingestor._decoded(todo, accept, pool):
         pass
     seconds = time.perf_counter() - started
+    if pool is not None:
+        pool.shutdown(wait=True)  # the workers' CPU time counts once they are reaped
     db.close()
     return Measure(seconds, len(files), len(inputs), cpu_seconds() - cpu_started), inputs
 

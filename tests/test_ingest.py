@@ -357,7 +357,9 @@ def test_workers_left_without_tasks_are_reported_for_encoding(tmp_path, models):
             accepted.append(len(todo))  # tasks not yet submitted when this part came
             return []
 
-        idle = list(ingestor._decoded(todo, accept))
+        pool = ingestor._start_workers()
+        idle = list(ingestor._decoded(todo, accept, pool))
+        pool.shutdown(wait=False)
     assert len(idle) == len(accepted) == 10
     assert all(count == 0 for count, waiting in zip(idle, accepted, strict=True) if waiting)
     assert accepted[0] == 4 and idle[-1] == 2 and all(0 <= count <= 2 for count in idle)
