@@ -199,6 +199,17 @@ def test_video_is_deterministic(media: Path) -> None:
     assert torch.equal(preprocess(path), preprocess(path))
 
 
+def test_one_decoder_thread_gives_the_same_frames(media: Path) -> None:
+    # Ingestion decodes with one FFmpeg thread per file (a file per core); queries let FFmpeg choose.
+    paths = media_files(media, "video")
+    assert paths
+    for path in paths:
+        with VideoFrames(path) as chosen, VideoFrames(path, decoder_threads=1) as single:
+            assert (single.frame_count, single.fps) == (chosen.frame_count, chosen.fps)
+            indices = chosen.indices(8, None, None)
+            assert np.array_equal(np.asarray(single.read(indices)), np.asarray(chosen.read(indices)))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Time windows
 

@@ -79,13 +79,16 @@ def video_tensor(frames: np.ndarray | torch.Tensor, settings: PreprocessSettings
 class VideoFrames:
     """An open video file (decord): its frame count, frame rate and the frames at chosen indices.
 
-    Open once and read many windows from it; close it (or use ``with``) to free the decoder.
+    Open once and read many windows from it; close it (or use ``with``) to free the decoder. ``decoder_threads``:
+    FFmpeg's threads for this file (0: its own choice, one per core).
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, decoder_threads: int = 0):
         self.path = require_file(path)
         try:
-            self._reader: decord.VideoReader | None = decord.VideoReader(str(self.path), ctx=decord.cpu(0))
+            self._reader: decord.VideoReader | None = decord.VideoReader(
+                str(self.path), ctx=decord.cpu(0), num_threads=decoder_threads
+            )
             self.frame_count = len(self._reader)
             self.fps = float(self._reader.get_avg_fps())
         except _DECORD_ERRORS as exc:
