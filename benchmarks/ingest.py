@@ -151,9 +151,7 @@ def decode_only(
     db = Database.open(folder)
     ingestor = Ingestor(db, encoders, {m: 0 for m in encoders}, options)
     files = scan.scan([root])
-    todo = [
-        DecodeTask(f.path, f.modality, ingestor._settings_for(f.modality), options.windows, size=f.size) for f in files
-    ]
+    todo = [ingestor.decode_task(f.path, f.modality, f.size) for f in files]
     todo.reverse()  # the pipeline pops tasks from the end
 
     inputs: list[ModelInput] = []

@@ -164,13 +164,7 @@ class Ingestor:
         tasks: list[tuple[int, DecodeTask, frozenset[int] | None]] = [
             (
                 file_ids[t.file.path],
-                DecodeTask(
-                    t.file.path,
-                    t.file.modality,
-                    self._settings_for(t.file.modality),
-                    self.options.windows,
-                    size=t.file.size,
-                ),
+                self.decode_task(t.file.path, t.file.modality, t.file.size),
                 None,
             )
             for t in readable
@@ -192,6 +186,13 @@ class Ingestor:
                 {"embedded": report.embedded, "failed": report.failed, "vectors": report.vectors, **report.plan},
             )
         return report
+
+    def decode_task(
+        self, path: str, modality: str, size: int, settings: Mapping[str, PreprocessSettings] | None = None
+    ) -> DecodeTask:
+        """The whole-file task for a file of ``modality`` (``settings``: only some of its modalities)."""
+        settings = self._settings_for(modality) if settings is None else settings
+        return DecodeTask(path, modality, settings, self.options.windows, size=size)
 
     def _settings_for(self, file_modality: str) -> dict[str, PreprocessSettings]:
         """The modalities a file of this kind is embedded in: a video also gives its audio track."""
@@ -216,8 +217,7 @@ class Ingestor:
                     if m == modality or record.id in lacking.get(m, ())
                 }
                 only = frozenset(self.model_ids[m] for m in settings)
-                task = DecodeTask(record.path, record.modality, settings, self.options.windows, size=record.size)
-                tasks.append((record.id, task, only))
+                tasks.append((record.id, self.decode_task(record.path, record.modality, record.size, settings), only))
         return tasks
 
     # ---------------------------------------------------------------------------------------- execution
@@ -316,7 +316,7 @@ class Ingestor:
         finally:
             parts.close()
         # Embed what was decoded, for files whose every part arrived; unfinished files stay pending. The workers
-        # are leaving: the encoder gets every core.
+        # have nothing left to decode: the encoder gets every core.
         threads = dict.fromkeys(threads, all_threads)
         for modality in list(queues):
             encode(modality, everything=True)
@@ -363,9 +363,10 @@ class Ingestor:
         accept: Callable[[DecodedPart], list[DecodeTask]],
         pool: cf.Executor | None,
     ) -> Iterator[int]:
-        """Decode the tasks in ``pool`` (here without one), handing each part to ``accept`` as it comes, with at
-        most ``max_in_flight`` tasks outstanding. Yields after each part the number of workers left with nothing
-        to do: once every task is submitted, their cores are free for encoding until the end of the run."""
+        """Decode the tasks in ``pool``'s workers (in this process when it is None), handing each part to
+        ``accept`` as it comes, with at most ``max_in_flight`` tasks outstanding. Yields after each part the number
+        of workers left with nothing to do: once every task is submitted, their cores are free for encoding until
+        the end of the run."""
         if pool is None:
             while todo:
                 todo.extend(reversed(accept(decode(todo.pop()))))
@@ -384,11 +385,14 @@ class Ingestor:
                     in_flight -= running.pop(future)
                     for part in future.result():
                         todo.extend(reversed(accept(part)))
-                        busy = sum(not other.done() for other in running)  # `done` ones wait on us, not a worker
-                        yield 0 if todo else max(0, self.options.workers - busy)
+                        yield 0 if todo else self._idle_workers(running)
         finally:
             for future in running:  # after Ctrl-C: calls not yet started never start
                 future.cancel()
+
+    def _idle_workers(self, running: Iterable[cf.Future]) -> int:
+        # A finished call waiting in `done` waits on this process, not on a worker.
+        return max(0, self.options.workers - sum(not future.done() for future in running))
 
     def _next_group(self, todo: list[DecodeTask]) -> list[DecodeTask]:
         """The tasks for one worker call, taken from the end of ``todo``: small files together, and smaller groups

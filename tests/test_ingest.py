@@ -348,8 +348,7 @@ def test_workers_left_without_tasks_are_reported_for_encoding(tmp_path, models):
     with open_library(tmp_path / "index", models=models) as library:
         encoders = {"image": library.encoder("image")}
         ingestor = Ingestor(library.db, encoders, {"image": library.model_id("image")}, options)
-        settings = ingestor._settings_for("image")
-        todo = [DecodeTask(str(path), "image", settings) for path in sorted(root.iterdir())]
+        todo = [ingestor.decode_task(str(path), "image", path.stat().st_size) for path in sorted(root.iterdir())]
         accepted: list[int] = []
 
         def accept(part):
@@ -358,8 +357,10 @@ def test_workers_left_without_tasks_are_reported_for_encoding(tmp_path, models):
             return []
 
         pool = ingestor._start_workers()
-        idle = list(ingestor._decoded(todo, accept, pool))
-        pool.shutdown(wait=False)
+        try:
+            idle = list(ingestor._decoded(todo, accept, pool))
+        finally:
+            pool.shutdown(wait=False)
     assert len(idle) == len(accepted) == 10
     assert all(count == 0 for count, waiting in zip(idle, accepted, strict=True) if waiting)
     assert accepted[0] == 4 and idle[-1] == 2 and all(0 <= count <= 2 for count in idle)
