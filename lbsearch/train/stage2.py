@@ -233,11 +233,11 @@ def bind_toy(start: Encoder, data: ToyDataset, config: Stage2Config, log: Logger
 def file_batches(files: CaptionedFiles, start: Encoder, batch_size: int, workers: int = 4,
                  seed: int = 0) -> Iterator[Batch]:
     """Shuffled batches of captioned files, endlessly; identical captions in a batch are positives."""
+    if len(files) < batch_size:  # drop_last would leave every pass empty: training would wait for ever
+        raise ConfigError(f"{files.manifest}: {len(files)} files cannot fill one batch of {batch_size}")
     generator = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(files, batch_size=batch_size, shuffle=True, drop_last=True,
                                          num_workers=workers, generator=generator)
-    if len(files) < batch_size:  # drop_last would leave every pass empty: training would wait for ever
-        raise ConfigError(f"{files.manifest}: {len(files)} files cannot fill one batch of {batch_size}")
     while True:
         try:
             for inputs, captions in loader:
