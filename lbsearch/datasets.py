@@ -166,13 +166,14 @@ def class_folders(root: str | Path, modality: str, name: str) -> ClassificationS
     if len(classes) < 2:  # one class would score every item right
         raise DatasetError(f"{root}: expected one folder per class, found {len(classes)} folder(s)")
     files, labels = [], []
+    extensions = _extensions(modality)
     for label, folder in enumerate(classes):
         for path in sorted((root / folder).iterdir()):
-            if path.suffix.lower() in _extensions(modality):
+            if path.suffix.lower() in extensions:
                 files.append(path)
                 labels.append(label)
     if not files:
-        raise DatasetError(f"{root}: no {modality} files ({_extensions(modality)}) in the class folders")
+        raise DatasetError(f"{root}: no {modality} files ({extensions}) in the class folders")
     return ClassificationSet(name, modality, files, labels, [c.replace("_", " ") for c in classes])
 
 
