@@ -135,9 +135,9 @@ def index(
     """
     from tqdm import tqdm
 
-    from lbsearch.decode import WindowSpec
+    from lbsearch.ingest.decode import WindowSpec
+    from lbsearch.ingest.pipeline import IngestOptions
     from lbsearch.models.registry import parse_model_options
-    from lbsearch.pipeline import IngestOptions
 
     lib = open_library(index_dir, db, device, create=True)
     if models:
@@ -282,7 +282,7 @@ def search(
     metadata = {column: _metadata_value(value) for column, value in split_pairs(where or [], "--where")}
     modified_after, modified_before = _parse_date(after, "--after"), _parse_date(before, "--before")
 
-    from lbsearch.query import FileQuery, Filters, StoredQuery, parse_part
+    from lbsearch.search.engine import FileQuery, Filters, StoredQuery, parse_part
 
     like_query = None
     if like is not None:
@@ -808,7 +808,7 @@ def eval_toyworld(
       lbsearch eval toyworld --seed 7 --json
       lbsearch eval toyworld --preset test --model image=/tmp/demo/image --model audio=/tmp/demo/audio
     """
-    from lbsearch.eval import evaluate_toyworld
+    from lbsearch.eval.toyworld import evaluate_toyworld
     from lbsearch.models import load_model_set
     from lbsearch.models.registry import model_set, parse_model_options
     from lbsearch.train import preset
@@ -841,7 +841,7 @@ def eval_benchmark(
       lbsearch eval benchmark esc50 /data/ESC-50 --model LanguageBind/LanguageBind_Audio_FT
       lbsearch eval benchmark msrvtt /data/MSRVTT --model LanguageBind/LanguageBind_Video_FT --json
     """
-    from lbsearch.datasets import evaluate_benchmark, load_benchmark
+    from lbsearch.eval.benchmarks import evaluate_benchmark, load_benchmark
     from lbsearch.library import default_device
     from lbsearch.models import load_checkpoint
 

@@ -13,8 +13,8 @@ from typing import Any
 import streamlit as st
 
 from app import state
-from lbsearch.fusion import FUSION_MODES
-from lbsearch.query import Filters, Hit
+from lbsearch.search.engine import Filters, Hit
+from lbsearch.search.fusion import FUSION_MODES
 
 FUSION_LABELS = {
     "sum": "weighted sum of cosines",

@@ -18,11 +18,11 @@ from typing import Any, TypeVar
 import streamlit as st
 
 from app.uploads import UploadFolder
-from lbsearch.db import FileRecord
 from lbsearch.errors import CheckpointError, ConfigError, LbsearchError
 from lbsearch.library import Library, default_index_folder
-from lbsearch.models import MODALITIES
-from lbsearch.query import Hit
+from lbsearch.modalities import MODALITIES
+from lbsearch.search.engine import Hit
+from lbsearch.storage.database import FileRecord
 
 T = TypeVar("T")
 

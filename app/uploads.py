@@ -17,11 +17,11 @@ import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
+from lbsearch import modalities
 from lbsearch.errors import ConfigError, MediaError
+from lbsearch.modalities import MEDIA_EXTENSIONS
 from lbsearch.preprocess.probe import probe
-from lbsearch.scan import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, modality_of_extension
 
-MEDIA_EXTENSIONS = tuple(sorted(VIDEO_EXTENSIONS | AUDIO_EXTENSIONS | IMAGE_EXTENSIONS))
 UPLOAD_LIMIT_ENV = "LBSEARCH_UPLOAD_MB"
 DEFAULT_LIMIT_MB = 200
 MAX_NAME_LENGTH = 80
@@ -45,7 +45,7 @@ def safe_name(name: str) -> str:
     last = re.split(r"[\\/]", unicodedata.normalize("NFKC", name))[-1]
     cleaned = _UNSAFE.sub("_", last).lstrip("._-")
     stem, dot, extension = cleaned.rpartition(".")
-    if not dot or not stem or modality_of_extension(cleaned) is None:
+    if not dot or not stem or modalities.of_file(cleaned) is None:
         raise MediaError(
             name, f"not a media file lbsearch can read; expected one of the extensions {', '.join(MEDIA_EXTENSIONS)}"
         )

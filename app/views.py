@@ -12,10 +12,10 @@ import streamlit as st
 from PIL import Image
 
 from app import previews, state
+from lbsearch import modalities
 from lbsearch.errors import LbsearchError, MediaError
 from lbsearch.preprocess.probe import MediaInfo, probe
-from lbsearch.query import Hit
-from lbsearch.scan import modality_of_extension
+from lbsearch.search.engine import Hit
 
 GRID_COLUMNS = 4
 INLINE_VIDEO_BYTES = 64 * 2**20
@@ -84,7 +84,7 @@ def show_media(path: str, modality: str, start: float | None, end: float | None,
     if not Path(path).is_file():
         st.warning(f"{path} {GONE}.")
         return
-    kind = modality_of_extension(path)
+    kind = modalities.of_file(path)
     try:
         if kind == "video":
             size = Path(path).stat().st_size

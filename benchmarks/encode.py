@@ -15,7 +15,8 @@ import time
 
 import torch
 
-from lbsearch.models import MODALITIES, ModelConfig, build_encoder
+from lbsearch.modalities import MODALITIES
+from lbsearch.models import ModelConfig, build_encoder
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from lbsearch.vectorindex import EXACT_FACTORY, VectorIndex, approximate_factory
+from lbsearch.storage.vectorindex import EXACT_FACTORY, VectorIndex, approximate_factory
 
 QUICK_SIZE = 20_000
 K = 10

@@ -45,13 +45,14 @@ import numpy as np
 import torch
 
 from benchmarks.encode import large_config
-from lbsearch import scan
-from lbsearch.db import Database
-from lbsearch.decode import DecodedPart, DecodeTask, ModelInput, WindowSpec, follow_up_tasks
-from lbsearch.models import MODALITIES, Encoder, ModelConfig, build_encoder, load_checkpoint, save_checkpoint
+from lbsearch.ingest import scan
+from lbsearch.ingest.decode import DecodedPart, DecodeTask, ModelInput, WindowSpec, follow_up_tasks
+from lbsearch.ingest.pipeline import IngestOptions, Ingestor, available_cores
+from lbsearch.modalities import MODALITIES
+from lbsearch.models import Encoder, ModelConfig, build_encoder, load_checkpoint, save_checkpoint
 from lbsearch.models.towers import VisionTower
-from lbsearch.pipeline import IngestOptions, Ingestor, available_cores
-from lbsearch.store import IndexStore
+from lbsearch.storage.database import Database
+from lbsearch.storage.store import IndexStore
 from lbsearch.toyworld import World, write_library
 from lbsearch.train.config import preset
 from lbsearch.train.stage2 import modality_config

@@ -7,7 +7,7 @@ encoders are ViT-L/14-shaped LanguageBind checkpoints with random weights (`benc
 and loaded like released ones, and loaded before timing. Each query is timed in parts:
 
 - encode: the query embedding (text: the language tower; audio: decoding, filter bank and the audio tower);
-- index search: the FAISS search `Library.search` issues for k=10 hits (`lbsearch.query.first_fetch` neighbours);
+- index search: the FAISS search `Library.search` issues for k=10 hits (`engine.first_fetch` neighbours);
 - rest: everything else `Library.search` does (metadata lookups, grouping, calibration), i.e. end-to-end minus
   the two above;
 - end-to-end: `Library.search(...)` as a user calls it.
@@ -44,11 +44,11 @@ import torch
 from benchmarks.encode import large_config
 from benchmarks.index import clustered_library
 from lbsearch import Library
-from lbsearch import query as engine
-from lbsearch.db import Database, FileVectors, MediaInfo, NewVector
 from lbsearch.models import build_encoder, save_checkpoint
-from lbsearch.query import FileQuery
-from lbsearch.vectorindex import EXACT_FACTORY, VectorIndex, choose_factory
+from lbsearch.search import engine
+from lbsearch.search.engine import FileQuery
+from lbsearch.storage.database import Database, FileVectors, MediaInfo, NewVector
+from lbsearch.storage.vectorindex import EXACT_FACTORY, VectorIndex, choose_factory
 
 QUICK_SIZE = 20_000
 K = 10

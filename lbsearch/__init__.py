@@ -2,7 +2,7 @@
 
     from lbsearch import Library, tokenize
 
-Names are imported on first use, so `import lbsearch.db` (say) does not pay for loading torch.
+Names are imported on first use, so `import lbsearch.storage.database` (say) does not pay for loading torch.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lbsearch.library import Library
-    from lbsearch.tokenizer import tokenize
+    from lbsearch.models.tokenizer import tokenize
 
 __all__ = ["Library", "tokenize"]
 __version__ = "0.1.0"
 
-_LAZY = {"Library": "lbsearch.library", "tokenize": "lbsearch.tokenizer"}
+_LAZY = {"Library": "lbsearch.library", "tokenize": "lbsearch.models.tokenizer"}
 
 
 def __getattr__(name: str) -> Any:

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lbsearch.errors import ConfigError
+from lbsearch.ingest.pipeline import IngestOptions, IngestProgress, IngestReport
 from lbsearch.library import Library
 from lbsearch.models.registry import DEMO_DIR, MODEL_SETS
-from lbsearch.pipeline import IngestOptions, IngestProgress, IngestReport
-from lbsearch.query import FileQuery, Hit
+from lbsearch.search.engine import FileQuery, Hit
 from lbsearch.toyworld import World, read_manifest, write_library
 
 

@@ -19,15 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from lbsearch import query
-from lbsearch.db import SQLITE_FILE_NAME, Database, FileRecord
 from lbsearch.errors import ConfigError
-from lbsearch.models import MODALITIES, Encoder, load_checkpoint
+from lbsearch.ingest.pipeline import IngestOptions, Ingestor, IngestProgress, IngestReport
+from lbsearch.ingest.scan import ScanRoot
+from lbsearch.modalities import check_all, lookup
+from lbsearch.models import Encoder, load_checkpoint
 from lbsearch.models.registry import MODEL_SETS, model_set
-from lbsearch.pipeline import IngestOptions, Ingestor, IngestProgress, IngestReport
-from lbsearch.query import Filters, Hit, QueryPart
-from lbsearch.scan import ScanRoot
-from lbsearch.store import Disagreement, IndexStore
+from lbsearch.search import engine
+from lbsearch.search.engine import Filters, Hit, QueryPart
+from lbsearch.storage.database import SQLITE_FILE_NAME, Database, FileRecord
+from lbsearch.storage.store import Disagreement, IndexStore
 
 DEFAULT_INDEX = "indexes"
 MODEL_SET_SETTING = "model_set"
@@ -99,9 +100,7 @@ class Library:
         Named modalities replace those of the current set; others stay. Later runs and searches use it.
         """
         chosen = model_set(models) if isinstance(models, str) else dict(models)
-        unknown = set(chosen) - set(MODALITIES)
-        if unknown:
-            raise ConfigError(f"unknown modalities {sorted(unknown)}; expected some of {MODALITIES}")
+        check_all(list(chosen))
         merged = {**self.models, **chosen}
         self.db.set_setting(MODEL_SET_SETTING, merged)
         self._encoders = {key: enc for key, enc in self._encoders.items() if merged.get(key[0]) == enc.source}
@@ -109,8 +108,7 @@ class Library:
 
     def encoder(self, modality: str, *, text_only: bool = False) -> Encoder:
         """The loaded encoder of ``modality`` (loading it on first use)."""
-        if modality not in MODALITIES:
-            raise ConfigError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
+        lookup(modality)
         for key in ((modality, False), (modality, True)) if text_only else ((modality, False),):
             if key in self._encoders:
                 return self._encoders[key]
@@ -145,7 +143,7 @@ class Library:
     def _recall_queries(self, model_id: int, modality: str) -> np.ndarray | None:
         """Queries to tune approximate indexes on: text prompts, and stored vectors of the other modalities
         (emergent X->Y queries land in their own regions of the space, away from both text and the index)."""
-        from lbsearch.templates import prompts_for, templates_for
+        from lbsearch.search.templates import prompts_for, templates_for
 
         record = self.db.model(model_id)
         if self.models.get(modality) != record.name:
@@ -256,7 +254,7 @@ class Library:
           several) or "segment" (every matching window). ``k`` hits from ``offset``.
         - ``filters`` on file metadata; ``min_score``: a cut-off on the calibrated (z-)score.
         """
-        return query.search(
+        return engine.search(
             self,
             text,
             like=like,
@@ -276,4 +274,4 @@ class Library:
     ) -> dict[int, list[tuple[str, float]]]:
         """Zero-shot labels for indexed files of ``modality`` (official prompt templates): ``{file_id: [(label,
         probability), ...]}``."""
-        return query.classify(self, class_names, modality, file_ids, k)
+        return engine.classify(self, class_names, modality, file_ids, k)

@@ -20,12 +20,12 @@ from conftest import GOLDEN
 from sqlalchemy import func, select
 from test_db import database_url  # noqa: F401  (re-exported fixture: a fresh SQLite or PostgreSQL URL)
 
-from lbsearch.db import Database, File, Item, Model, Segment, Vector
 from lbsearch.library import Library
-from lbsearch.store import IndexStore
+from lbsearch.storage.database import Database, File, Item, Model, Segment, Vector
+from lbsearch.storage.store import IndexStore
+from lbsearch.storage.vectorindex import VectorIndex
 from lbsearch.toyworld import World, read_manifest, write_library
 from lbsearch.toyworld.render import VIDEO_CODEC, write_mp4
-from lbsearch.vectorindex import VectorIndex
 
 CHECKPOINTS = GOLDEN / "checkpoints"
 MODEL_SET = {

@@ -22,9 +22,9 @@ from app import previews, state, uploads, views
 from app.state import index_location
 from app.views import moment
 from lbsearch.errors import ConfigError, MediaError
+from lbsearch.ingest.pipeline import IngestOptions
 from lbsearch.library import Library
-from lbsearch.pipeline import IngestOptions
-from lbsearch.query import FileQuery, Filters, StoredQuery
+from lbsearch.search.engine import FileQuery, Filters, StoredQuery
 
 APP = REPO / "app" / "streamlit_app.py"
 CHECKPOINTS = {

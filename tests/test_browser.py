@@ -18,8 +18,8 @@ from test_app import build_library
 
 from app import live
 from lbsearch.library import Library
-from lbsearch.models import MODALITIES
-from lbsearch.query import FileQuery
+from lbsearch.modalities import MODALITIES
+from lbsearch.search.engine import FileQuery
 
 ARTIFACTS = REPO / "test-artifacts"
 QUERY = "a bird on a wire"

@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from lbsearch.calibration import CalibrationError, Calibrator
-from lbsearch.metrics import cosine_similarity
+from lbsearch.errors import CalibrationError
+from lbsearch.eval.metrics import cosine_similarity
+from lbsearch.search.calibration import Calibrator
 
 SEEDS = [0, 1, 2]
 

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from lbsearch import Library
-from lbsearch.query import FileQuery, Filters, StoredQuery
+from lbsearch.search.engine import FileQuery, Filters, StoredQuery
 
 runner = CliRunner()
 HIT_FIELDS = {"path", "item_id", "score", "start", "end", "parts"}

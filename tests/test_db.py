@@ -15,7 +15,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from lbsearch.db import (
+from lbsearch.errors import ConfigError, LbsearchError
+from lbsearch.storage.database import (
     SQLITE_FILE_NAME,
     Database,
     File,
@@ -26,7 +27,6 @@ from lbsearch.db import (
     embedding_to_bytes,
     embeddings_from_bytes,
 )
-from lbsearch.errors import ConfigError, LbsearchError
 
 DIM = 8
 

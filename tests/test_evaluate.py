@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lbsearch.datasets import (
-    DatasetError,
+from lbsearch.errors import ConfigError, DatasetError
+from lbsearch.eval.benchmarks import (
     class_folders,
     clotho,
     esc50,
@@ -23,8 +23,7 @@ from lbsearch.datasets import (
     msrvtt_1ka,
     msvd,
 )
-from lbsearch.errors import ConfigError
-from lbsearch.eval import (
+from lbsearch.eval.toyworld import (
     ZERO_SHOT_TASKS,
     check_bars,
     embed_arrays,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lbsearch.errors import LbsearchError
-from lbsearch.fusion import FUSION_MODES, QueryError, combine_query_parts, fuse
+from lbsearch.errors import LbsearchError, QueryError
+from lbsearch.search.fusion import FUSION_MODES, combine_query_parts, fuse
 
 SEEDS = [0, 1, 2, 3]
 

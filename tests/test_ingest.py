@@ -30,12 +30,12 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from cli import app
-from lbsearch import scan as scan_module
-from lbsearch.db import Database, File, IngestRun, Item
-from lbsearch.decode import DecodeTask, WindowSpec, decode
+from lbsearch.ingest import scan as scan_module
+from lbsearch.ingest.decode import DecodeTask, WindowSpec, decode
+from lbsearch.ingest.pipeline import IngestOptions, Ingestor, IngestProgress
 from lbsearch.library import Library
-from lbsearch.pipeline import IngestOptions, Ingestor, IngestProgress
 from lbsearch.preprocess import PreprocessSettings
+from lbsearch.storage.database import Database, File, IngestRun, Item
 
 # The shared helpers assert too: rewrite them for readable failures (before they are imported).
 pytest.register_assert_rewrite("ingest_fixtures")
@@ -561,9 +561,9 @@ def test_an_encoder_failure_stops_the_run_without_a_trace_in_the_library(tmp_pat
 _COMMAND = """
 import functools, signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)
-import lbsearch.pipeline
-lbsearch.pipeline.IngestOptions = functools.partial(
-    lbsearch.pipeline.IngestOptions, commit_files=int(sys.argv.pop(1)), commit_seconds=60.0
+import lbsearch.ingest.pipeline
+lbsearch.ingest.pipeline.IngestOptions = functools.partial(
+    lbsearch.ingest.pipeline.IngestOptions, commit_files=int(sys.argv.pop(1)), commit_seconds=60.0
 )
 from cli import app
 app()

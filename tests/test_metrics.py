@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lbsearch.metrics import (
-    MetricsError,
+from lbsearch.errors import MetricsError
+from lbsearch.eval.metrics import (
     best_caption_similarity,
     cosine_similarity,
     ground_truth_ranks,

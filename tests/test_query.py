@@ -21,13 +21,12 @@ import pytest
 import soundfile
 
 from lbsearch import Library
-from lbsearch.db import VectorInfo
-from lbsearch.errors import ConfigError, LbsearchError, MediaError
-from lbsearch.fusion import QueryError
+from lbsearch.errors import ConfigError, LbsearchError, MediaError, QueryError
+from lbsearch.ingest.pipeline import IngestOptions
 from lbsearch.models import Encoder, load_checkpoint
-from lbsearch.pipeline import IngestOptions
-from lbsearch.query import FileQuery, Filters, Hit, StoredQuery
-from lbsearch.templates import prompts_for, templates_for
+from lbsearch.search.engine import FileQuery, Filters, Hit, StoredQuery
+from lbsearch.search.templates import prompts_for, templates_for
+from lbsearch.storage.database import VectorInfo
 from lbsearch.toyworld import LIBRARY_PATHS, World, write_library
 from lbsearch.toyworld.render import write_mp4
 

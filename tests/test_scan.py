@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from test_db import database_url  # noqa: F401  (the fixture: a fresh SQLite or PostgreSQL database URL)
 
-from lbsearch import scan as scan_module
-from lbsearch.db import Database, FileVectors, NewVector
 from lbsearch.errors import ConfigError, MediaError
-from lbsearch.scan import HASH_SAMPLE_BYTES, FileTask, Plan, ScanRoot, content_hash, plan, scan
+from lbsearch.ingest import scan as scan_module
+from lbsearch.ingest.scan import HASH_SAMPLE_BYTES, FileTask, Plan, ScanRoot, content_hash, plan, scan
+from lbsearch.storage.database import Database, FileVectors, NewVector
 
 DIM = 4
 

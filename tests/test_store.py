@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from lbsearch.library import Library
-from lbsearch.vectorindex import VectorIndex
+from lbsearch.storage.vectorindex import VectorIndex
 
 # The shared helpers assert too: rewrite them for readable failures (before they are imported).
 pytest.register_assert_rewrite("ingest_fixtures")

@@ -13,10 +13,10 @@ import soundfile
 from PIL import Image
 
 from lbsearch.errors import ConfigError, LbsearchError, MediaError
+from lbsearch.modalities import MODALITIES
 from lbsearch.toyworld import (
     LIBRARY_PATHS,
     MANIFEST,
-    MODALITIES,
     SHAPES,
     SOUNDS,
     VISIBLE_ATTRIBUTES,
@@ -302,7 +302,7 @@ def test_library_goes_through_lbsearch_preprocess(tmp_path):
 
 
 def test_library_scans_as_one_item_per_scene_still_set(tmp_path):
-    scan = pytest.importorskip("lbsearch.scan", reason="lbsearch.scan is not written yet")
+    scan = pytest.importorskip("lbsearch.ingest.scan", reason="lbsearch.ingest.scan is not written yet")
     scenes = World(15).scenes("test", 3)
     write_library(tmp_path, scenes, workers=1)
     found = scan.scan([tmp_path])

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lbsearch.errors import ConfigError, LbsearchError, MediaError
-from lbsearch.eval import evaluate_embeddings
+from lbsearch.eval.toyworld import evaluate_embeddings
 from lbsearch.models import Encoder, build_encoder, load_checkpoint, preprocessor_for, save_checkpoint
 from lbsearch.toyworld import LibraryLayout, World, write_scene
 from lbsearch.train import (

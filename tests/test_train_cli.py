@@ -13,9 +13,10 @@ import torch
 from typer.testing import CliRunner
 
 from cli import app
-from lbsearch.datasets import evaluate_benchmark, load_benchmark
-from lbsearch.eval import evaluate_toyworld
-from lbsearch.models import MODALITIES, load_checkpoint, load_model_set
+from lbsearch.eval.benchmarks import evaluate_benchmark, load_benchmark
+from lbsearch.eval.toyworld import evaluate_toyworld
+from lbsearch.modalities import MODALITIES
+from lbsearch.models import load_checkpoint, load_model_set
 from lbsearch.models.registry import MODEL_SETS
 from lbsearch.toyworld import LibraryLayout, World, write_scene
 from lbsearch.train import BOUND_MODALITIES, preset

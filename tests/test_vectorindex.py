@@ -10,13 +10,11 @@ import numpy as np
 import pytest
 
 from benchmarks.index import clustered_library
-from lbsearch.errors import LbsearchError
-from lbsearch.vectorindex import (
+from lbsearch.errors import IndexFileError, LbsearchError, VectorIndexError
+from lbsearch.storage.vectorindex import (
     EXACT_FACTORY,
     EXACT_MAX_VECTORS,
-    IndexFileError,
     VectorIndex,
-    VectorIndexError,
     approximate_factory,
     choose_factory,
     on_compute_device,

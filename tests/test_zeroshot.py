@@ -10,11 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lbsearch.errors import ConfigError
-from lbsearch.fusion import QueryError
-from lbsearch.models.config import MODALITIES
-from lbsearch.templates import OPENAI_IMAGENET_TEMPLATES, TEMPLATES, prompts_for, templates_for
-from lbsearch.zeroshot import accuracy, build_classifier, classify, top_k_labels
+from lbsearch.errors import ConfigError, QueryError
+from lbsearch.modalities import MODALITIES
+from lbsearch.search.templates import OPENAI_IMAGENET_TEMPLATES, TEMPLATES, prompts_for, templates_for
+from lbsearch.search.zeroshot import accuracy, build_classifier, classify, top_k_labels
 
 DIM = 32
 

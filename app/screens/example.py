@@ -6,10 +6,11 @@ import math
 import streamlit as st
 
 from app import controls, state, views
-from app.uploads import MEDIA_EXTENSIONS, upload_limit_mb
+from app.uploads import upload_limit_mb
+from lbsearch import modalities
+from lbsearch.modalities import IMAGE_MODALITIES, MEDIA_EXTENSIONS
 from lbsearch.preprocess.probe import MediaInfo
-from lbsearch.query import FileQuery, StoredQuery
-from lbsearch.scan import IMAGE_MODALITIES, modality_of_extension
+from lbsearch.search.engine import FileQuery, StoredQuery
 
 UPLOAD = "A file from this computer"
 RANGE_STEP = 0.5
@@ -65,7 +66,7 @@ def upload_query(handle: state.LibraryHandle) -> FileQuery | None:
     )
     if path is None:
         return None
-    if modality_of_extension(path) == "image":
+    if modalities.of_file(path) == "image":
         kind = choose("The image is", IMAGE_KINDS, "example-upload-kind")
         views.show_media(str(path), kind, None, None, "example-upload-play")
         return FileQuery(str(path), as_modality=kind)
@@ -73,7 +74,7 @@ def upload_query(handle: state.LibraryHandle) -> FileQuery | None:
     track = choose_track(info, "example-upload-track")
     start, end = time_range(info.duration, "example-upload-range")
     views.show_media(str(path), track, start, end, "example-upload-play")
-    as_modality = None if track == modality_of_extension(path) else track
+    as_modality = None if track == modalities.of_file(path) else track
     return FileQuery(str(path), as_modality=as_modality, start=start, end=end)
 
 

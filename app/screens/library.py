@@ -8,10 +8,10 @@ from typing import Any
 import streamlit as st
 
 from app import state
+from lbsearch.ingest.pipeline import IngestOptions, IngestProgress, IngestReport
+from lbsearch.modalities import IMAGE_MODALITIES
 from lbsearch.models.registry import MODEL_SETS, parse_model_options
-from lbsearch.pipeline import IngestOptions, IngestProgress, IngestReport
-from lbsearch.scan import IMAGE_MODALITIES
-from lbsearch.store import Disagreement
+from lbsearch.storage.store import Disagreement
 
 AUTO = "recognise from folder names"
 KILOBYTE = 1024

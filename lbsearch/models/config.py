@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from lbsearch import modalities
 from lbsearch.errors import ConfigError
-
-MODALITIES = ("video", "audio", "depth", "thermal", "image")
+from lbsearch.modalities import MODALITIES
 
 # The official code names the model class after the modality ("LanguageBindAudio", ...).
 _CLASS_TO_MODALITY = {f"LanguageBind{m.capitalize()}": m for m in MODALITIES}
@@ -140,8 +140,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], modality: str | None = None, source: str = "config") -> ModelConfig:
         modality = modality or _modality_of(raw, source)
-        if modality not in MODALITIES:
-            raise ConfigError(f"{source}: unknown modality {modality!r}; expected one of {MODALITIES}")
+        modalities.lookup(modality, where=source)
         vision_defaults = {**_VISION_DEFAULTS, **_VISION_MODALITY_DEFAULTS.get(modality, {})}
         vision_raw = {**vision_defaults, **(raw.get("vision_config") or {})}
         vision_raw = _apply_config_dict(vision_raw, raw.get("vision_config_dict"), vision_defaults)

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from lbsearch.errors import LbsearchError
 from lbsearch.models.config import ModelConfig
+from lbsearch.models.tokenizer import tokenize
 from lbsearch.models.towers import TextTower, VisionTower
 from lbsearch.preprocess import PreprocessSettings, preprocessor_for
-from lbsearch.tokenizer import tokenize
 
 
 class Encoder:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lbsearch.errors import ConfigError
-from lbsearch.models.config import MODALITIES
+from lbsearch.modalities import MODALITIES
 
 # Hub id -> modality, for `lbsearch models` and for naming checkpoints in help texts.
 RELEASED: dict[str, str] = {

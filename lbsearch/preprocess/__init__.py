@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lbsearch.errors import ConfigError
+from lbsearch import modalities
 from lbsearch.preprocess.audio import AudioPreprocessor, audio_tensor, cut_window, load_audio, resample_waveform
 from lbsearch.preprocess.common import CLIP_MEAN, CLIP_STD, Preprocessor
 from lbsearch.preprocess.depth import DepthPreprocessor
@@ -35,8 +35,7 @@ PREPROCESSORS: dict[str, type[Preprocessor]] = {
 
 def preprocessor_for(modality: str, config: VisionConfig | PreprocessSettings | None = None) -> Preprocessor:
     """The preprocessor of ``modality`` with a checkpoint's settings (``None``: the released checkpoints')."""
-    if modality not in PREPROCESSORS:
-        raise ConfigError(f"unknown modality {modality!r}; expected one of {sorted(PREPROCESSORS)}")
+    modalities.lookup(modality)
     if config is None:
         settings = PreprocessSettings.released()
     elif isinstance(config, PreprocessSettings):

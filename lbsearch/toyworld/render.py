@@ -28,8 +28,10 @@ import numpy as np
 import soundfile
 from PIL import Image
 
+from lbsearch import modalities
 from lbsearch.errors import ConfigError, LbsearchError, MediaError
-from lbsearch.toyworld.world import COLOURS, MODALITIES, Scene
+from lbsearch.modalities import MODALITIES
+from lbsearch.toyworld.world import COLOURS, Scene
 
 HOT_GLOW = np.array([255.0, 150.0, 40.0])
 FROST = np.array([215.0, 240.0, 255.0])
@@ -250,9 +252,7 @@ RENDERERS: dict[str, Callable[[Scene, RenderConfig], np.ndarray]] = {
 
 def render_modality(scene: Scene, modality: str, config: RenderConfig | None = None) -> np.ndarray:
     """One modality of a scene as an array (see the module docstring for shapes and types)."""
-    if modality not in RENDERERS:
-        raise ConfigError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
-    return RENDERERS[modality](scene, config or RenderConfig())
+    return RENDERERS[modalities.lookup(modality).name](scene, config or RenderConfig())
 
 
 # ---------------------------------------------------------------------------------------------- files

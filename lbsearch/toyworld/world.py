@@ -16,9 +16,6 @@ import numpy as np
 
 from lbsearch.errors import ConfigError, LbsearchError
 
-# The five modalities, named as the model layer names them (``lbsearch.models.config.MODALITIES``).
-MODALITIES = ("video", "audio", "depth", "thermal", "image")
-
 # Every value the world knows; a WorldSpec picks a subset. Colours are RGB; no colour is orange-like or
 # white-like, so the hot glow (orange) and the cold frost (pale blue-white) never pass for a colour.
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")

@@ -31,7 +31,7 @@ from lbsearch.models.towers import TextTower, VisionTower
 from lbsearch.preprocess import PreprocessSettings, audio_tensor, preprocessor_for, video_tensor
 from lbsearch.preprocess.common import center_crop, clip_normalize
 from lbsearch.preprocess.depth import depth_pixels
-from lbsearch.templates import TEMPLATES
+from lbsearch.search.templates import TEMPLATES
 from lbsearch.toyworld import VISIBLE_ATTRIBUTES, RenderConfig, Scene, World, WorldSpec, render_modality
 
 # ---------------------------------------------------------------------------------------------- language

@@ -13,7 +13,7 @@ float16 (`compact_checkpoint`): the language tower's 49408-row token table is re
 in float32 the set would not fit the 20 MB the repository allows. The saved checkpoints are loaded back with
 `load_model_set` and evaluated on a fresh test world, so the reported numbers are those of the written files.
 
-Not imported by ``lbsearch.train`` itself: this module uses `lbsearch.eval`, which uses ``lbsearch.train.data``.
+Not imported by ``lbsearch.train`` itself: it uses `lbsearch.eval.toyworld`, which uses ``lbsearch.train.data``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from lbsearch.errors import ConfigError
-from lbsearch.eval import ClassifierCache, evaluate_embeddings, evaluate_toyworld, split_scenes
+from lbsearch.eval.toyworld import ClassifierCache, evaluate_embeddings, evaluate_toyworld, split_scenes
 from lbsearch.models import Encoder, load_checkpoint, load_model_set, save_checkpoint
 from lbsearch.models.registry import DEMO_DIR
 from lbsearch.toyworld import World

@@ -18,8 +18,8 @@ from torch import nn
 from lbsearch.errors import ConfigError
 from lbsearch.models.encoder import Encoder
 from lbsearch.models.factory import build_encoder
+from lbsearch.models.tokenizer import EOS_ID, tokenize
 from lbsearch.models.towers import TextTower, VisionTower
-from lbsearch.tokenizer import EOS_ID, tokenize
 from lbsearch.toyworld import VISIBLE_ATTRIBUTES
 from lbsearch.train.config import Schedule, TrainConfig
 from lbsearch.train.data import CaptionSampler, ToyDataset, matching_pairs

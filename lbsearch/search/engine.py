@@ -25,12 +25,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from lbsearch.calibration import CalibrationError, Calibrator
-from lbsearch.db import FileFilter, VectorInfo
-from lbsearch.errors import ConfigError, MediaError
-from lbsearch.fusion import FUSION_MODES, QueryError, combine_query_parts, fuse
-from lbsearch.models import MODALITIES
-from lbsearch.scan import IMAGE_MODALITIES, modality_of_extension
+from lbsearch.errors import CalibrationError, ConfigError, MediaError, QueryError
+from lbsearch.modalities import IMAGE_MODALITIES, MODALITIES, check_all, lookup, of_file
+from lbsearch.search.calibration import Calibrator
+from lbsearch.search.fusion import FUSION_MODES, combine_query_parts, fuse
+from lbsearch.storage.database import FileFilter, VectorInfo
 
 if TYPE_CHECKING:
     from lbsearch.library import Library
@@ -133,7 +132,7 @@ def parse_part(value: str | Path | QueryPart) -> QueryPart:
     A missing file is then reported as missing, rather than searched for as the words "rain.wav"."""
     if isinstance(value, (TextQuery, FileQuery, StoredQuery)):
         return value
-    if isinstance(value, Path) or modality_of_extension(value):
+    if isinstance(value, Path) or of_file(value):
         return FileQuery(str(Path(value).expanduser()))
     return TextQuery(str(value))
 
@@ -160,9 +159,7 @@ def search(
     if not indexed:
         raise QueryError(f"the library at {lib.folder} is empty: index some media first with `lbsearch index PATH`")
     targets = list(dict.fromkeys(modalities or _default_targets(lib, indexed)))
-    unknown = [m for m in targets if m not in MODALITIES]
-    if unknown:
-        raise ConfigError(f"unknown modality {unknown[0]!r}; expected some of {', '.join(MODALITIES)}")
+    check_all(targets)
     model_ids = _require_indexed(lib, targets, indexed)
     if fuse_mode not in FUSION_MODES:
         raise QueryError(f"unknown fusion mode {fuse_mode!r}; expected one of {', '.join(FUSION_MODES)}")
@@ -306,7 +303,7 @@ def _embed_part(lib: Library, part: QueryPart, target: str) -> np.ndarray:
 
 def _file_modality(path: Path, part: FileQuery) -> str:
     """The modality a query file is embedded as (checking its time range)."""
-    modality = modality_of_extension(path)
+    modality = of_file(path)
     if modality is None:
         raise MediaError(path, "not a media file lbsearch can read (unknown extension)")
     if part.as_modality is not None:
@@ -324,7 +321,7 @@ def _check_range(what: object, modality: str, start: float | None, end: float | 
     """A query's time range must be a real span of something that has a time axis."""
     if start is None and end is None:
         return
-    if modality not in ("video", "audio"):
+    if not lookup(modality).timed:
         raise QueryError(f"{what}: a time range applies to video and audio only, not to a {modality} file")
     if (start is not None and start < 0) or (start is not None and end is not None and end <= start):
         raise QueryError(f"{what}: the time range must have 0 <= start < end, got start={start}, end={end}")
@@ -433,8 +430,8 @@ def classify(
     lib: Library, class_names: Sequence[str], modality: str, file_ids: Sequence[int] | None = None, k: int = 1
 ) -> dict[int, list[tuple[str, float]]]:
     """Zero-shot labels of indexed files with the official prompt templates of ``modality``."""
-    from lbsearch.zeroshot import build_classifier, top_k_labels
-    from lbsearch.zeroshot import classify as zs_classify
+    from lbsearch.search.zeroshot import build_classifier, top_k_labels
+    from lbsearch.search.zeroshot import classify as zs_classify
 
     (model_id,) = _require_indexed(lib, [modality], set(lib.db.vector_groups())).values()
     encoder = lib.encoder(modality, text_only=True)

@@ -5,15 +5,15 @@ combination of the test split (and of the held-out-combination split) with every
 JSON-ready dict:
 
 - ``zero_shot``: top-1 of classifying each attribute a modality carries, with the modality's official prompt
-  templates averaged per class (`lbsearch.zeroshot`); class names come from the training grammar
+  templates averaged per class (`lbsearch.search.zeroshot`); class names come from the training grammar
   (`lbsearch.train.data.class_name`: "circle", "red thing", "thing moving left", ...);
 - ``text_to_video`` / ``text_to_image``: retrieval with the scenes' four captions each (every caption a query;
-  item->text scores an item by its best caption), R@1/R@5/R@10, median and mean rank (`lbsearch.metrics`);
+  item->text scores an item by its best caption), R@1/R@5/R@10, median and mean rank (`lbsearch.eval.metrics`);
 - ``text_to_audio`` / ``_depth`` / ``_thermal``: those carry only some attributes, so R@1 counts a top hit that
   agrees with the caption on them (text->audio: the shape);
 - ``emergent``: X->Y between modalities never trained together; R@1 counts a top hit that agrees with the
   query on the attributes both modalities carry (audio->video: the shape);
-- ``joint``: video+audio -> caption (the sum of the two unit embeddings, `lbsearch.fusion.combine_query_parts`)
+- ``joint``: video+audio -> caption (the sum of the two unit embeddings, `lbsearch.search.fusion.combine_query_parts`)
   against video alone.
 
 Scenes are embedded from in-memory renders by default, or from the files of a written library
@@ -31,10 +31,11 @@ import numpy as np
 import torch
 
 from lbsearch.errors import ConfigError
-from lbsearch.fusion import combine_query_parts
-from lbsearch.metrics import cosine_similarity, label_relevance, multi_caption_retrieval_metrics, retrieval_metrics
+from lbsearch.eval.metrics import cosine_similarity, label_relevance, multi_caption_retrieval_metrics, retrieval_metrics
 from lbsearch.models.encoder import Encoder
-from lbsearch.templates import templates_for
+from lbsearch.search.fusion import combine_query_parts
+from lbsearch.search.templates import templates_for
+from lbsearch.search.zeroshot import accuracy, build_classifier
 from lbsearch.toyworld import (
     CARRIED_BY,
     SOUNDS,
@@ -48,7 +49,6 @@ from lbsearch.toyworld import (
     write_library,
 )
 from lbsearch.train.data import ToyDataset, class_name
-from lbsearch.zeroshot import accuracy, build_classifier
 
 # Attributes each modality's zero-shot classifier is asked about ("sound": the shape's sound, by its name).
 ZERO_SHOT_TASKS: dict[str, tuple[str, ...]] = {m: (*(a for a in CARRIED_BY[m] if a != "sound"),) for m in CARRIED_BY}

@@ -14,8 +14,8 @@ official evaluation code expects) and fails with a `DatasetError` naming the mis
 - NYU-D v2 (depth), LLVIP and FLIR (thermal) classification: class folders (``<class>/<file>``), as the official
   evaluation reads them with ImageFolder; folder names give the class names ("dining_room" -> "dining room").
 
-Zero-shot classification uses the modality's official templates (`lbsearch.zeroshot`); retrieval uses
-`lbsearch.metrics` (multi-caption where a dataset has several captions per item).
+Zero-shot classification uses the modality's official templates (`lbsearch.search.zeroshot`); retrieval uses
+`lbsearch.eval.metrics` (multi-caption where a dataset has several captions per item).
 """
 
 from __future__ import annotations
@@ -29,15 +29,11 @@ from typing import Any
 
 import torch
 
-from lbsearch.errors import LbsearchError
-from lbsearch.metrics import cosine_similarity, multi_caption_retrieval_metrics
+from lbsearch import modalities
+from lbsearch.errors import DatasetError
+from lbsearch.eval.metrics import cosine_similarity, multi_caption_retrieval_metrics
 from lbsearch.models.encoder import Encoder
-from lbsearch.scan import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, IMAGE_MODALITIES, VIDEO_EXTENSIONS
-from lbsearch.zeroshot import accuracy, build_classifier
-
-
-class DatasetError(LbsearchError):
-    """A benchmark folder that does not hold the layout its adapter reads."""
+from lbsearch.search.zeroshot import accuracy, build_classifier
 
 
 @dataclass(frozen=True)
@@ -68,8 +64,7 @@ def _require(path: Path, what: str) -> Path:
 
 def _extensions(modality: str) -> list[str]:
     """The file extensions (with the dot) that ingestion reads for a modality: the same set here."""
-    kinds = {"video": VIDEO_EXTENSIONS, "audio": AUDIO_EXTENSIONS, "image": IMAGE_EXTENSIONS}
-    return sorted(f".{e}" for e in kinds["image" if modality in IMAGE_MODALITIES else modality])
+    return sorted(f".{e}" for e in modalities.lookup(modality).extensions)
 
 
 def _read_csv(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:

@@ -31,17 +31,13 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
-from lbsearch.errors import LbsearchError
+from lbsearch.errors import QueryError
 
 FusionMode = Literal["sum", "temperature", "rrf"]
 FUSION_MODES: tuple[str, ...] = ("sum", "temperature", "rrf")
 DEFAULT_RRF_K = 60.0
 # A combined query shorter than this fraction of its total weight has (numerically) cancelled out.
 _CANCELLED_FRACTION = 1e-6
-
-
-class QueryError(LbsearchError):
-    """A query that cannot be answered as asked (parts that cancel out, an unknown fusion mode, bad weights)."""
 
 
 @dataclass(frozen=True)

@@ -36,14 +36,10 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from lbsearch.errors import LbsearchError
+from lbsearch.errors import MetricsError
 
 RETRIEVAL_KS: tuple[int, ...] = (1, 5, 10)
 CLASSIFICATION_KS: tuple[int, ...] = (1, 5)
-
-
-class MetricsError(LbsearchError):
-    """Inputs to a metric that do not describe an evaluation (wrong shapes, NaN scores, no ground truth)."""
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lbsearch.fusion import QueryError
-from lbsearch.metrics import CLASSIFICATION_KS, top_k_accuracy
-from lbsearch.templates import prompts_for, templates_for
+from lbsearch.errors import QueryError
+from lbsearch.eval.metrics import CLASSIFICATION_KS, top_k_accuracy
+from lbsearch.search.templates import prompts_for, templates_for
 
 LOGIT_SCALE = 100.0
 

@@ -22,7 +22,7 @@ Building the background sample:
   against a random sample of the index, fitted at query time with ``Calibrator.fit``.
 
 A background sample contains a few true matches too; against thousands of unrelated pairs they barely move the mean
-and standard deviation. Calibrated scores can be fused like cosines (``lbsearch.fusion.fuse`` with ``"sum"``).
+and standard deviation. Calibrated scores can be fused like cosines (``lbsearch.search.fusion.fuse`` with ``"sum"``).
 ``to_dict``/``from_dict`` give a JSON-ready form to store with the index.
 """
 
@@ -35,15 +35,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from lbsearch.errors import LbsearchError
-from lbsearch.metrics import MetricsError, cosine_similarity
+from lbsearch.errors import CalibrationError, MetricsError
+from lbsearch.eval.metrics import cosine_similarity
 
 FORMAT_VERSION = 1
 DEFAULT_QUANTILES = 101  # every percentile, 0 to 100
-
-
-class CalibrationError(LbsearchError):
-    """A background sample or a stored calibration that cannot calibrate scores."""
 
 
 def _values(raw: ArrayLike, name: str) -> np.ndarray:

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lbsearch.db import Database, Watermark
-from lbsearch.vectorindex import EXACT_FACTORY, IndexFileError, VectorIndex, choose_factory
+from lbsearch.errors import IndexFileError
+from lbsearch.storage.database import Database, Watermark
+from lbsearch.storage.vectorindex import EXACT_FACTORY, VectorIndex, choose_factory
 
 log = logging.getLogger(__name__)
 

@@ -28,11 +28,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from lbsearch import scan
-from lbsearch.db import Database, FileVectors, MediaInfo, NewVector
-from lbsearch.decode import DecodedPart, DecodeTask, ModelInput, WindowSpec, decode, follow_up_tasks
+from lbsearch import modalities
+from lbsearch.ingest import scan
+from lbsearch.ingest.decode import DecodedPart, DecodeTask, ModelInput, WindowSpec, decode, follow_up_tasks
 from lbsearch.models import Encoder
 from lbsearch.preprocess import PreprocessSettings
+from lbsearch.storage.database import Database, FileVectors, MediaInfo, NewVector
 
 # How often a decode worker checks that the process that started it is still alive.
 ORPHAN_CHECK_SECONDS = 0.5
@@ -196,8 +197,7 @@ class Ingestor:
 
     def _settings_for(self, file_modality: str) -> dict[str, PreprocessSettings]:
         """The modalities a file of this kind is embedded in: a video also gives its audio track."""
-        wanted = ("video", "audio") if file_modality == "video" else (file_modality,)
-        return {m: self.settings[m] for m in wanted if m in self.settings}
+        return {m: self.settings[m] for m in modalities.embedded_as(file_modality) if m in self.settings}
 
     def _new_model_tasks(self, planned: set[int]) -> list[tuple[int, DecodeTask, frozenset[int]]]:
         """Embedded files that lack a vector of a model in the set (a new model version): embed them for it

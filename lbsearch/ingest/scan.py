@@ -21,16 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lbsearch.db import Database, FileRecord
+from lbsearch import modalities
 from lbsearch.errors import ConfigError, MediaError
+from lbsearch.modalities import IMAGE_MODALITIES
+from lbsearch.storage.database import Database, FileRecord
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = frozenset({"mp4", "mov", "mkv", "webm", "avi", "m4v"})
-AUDIO_EXTENSIONS = frozenset({"wav", "flac", "mp3", "ogg", "opus", "m4a", "aac"})
-IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"})
-# Depth maps and thermal frames are image files: what they are comes from their folder or the root's option.
-IMAGE_MODALITIES = ("image", "depth", "thermal")
 # Folders that say what kind of frame they hold. A frame in one of them shares its item with the frames of the
 # same name in sibling folders (scene/rgb/0001.jpg, scene/depth/0001.png: NYU-D; visible/, infrared/: LLVIP).
 FRAME_FOLDERS = {
@@ -129,16 +126,6 @@ def content_hash(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def modality_of_extension(path: str | Path) -> str | None:
-    """video, audio or image from the file extension; None for anything else."""
-    extension = Path(path).suffix.lower().lstrip(".")
-    if extension in VIDEO_EXTENSIONS:
-        return "video"
-    if extension in AUDIO_EXTENSIONS:
-        return "audio"
-    if extension in IMAGE_EXTENSIONS:
-        return "image"
-    return None
 
 
 def scan(roots: Iterable[str | Path | ScanRoot], *, include_hidden: bool = False) -> list[ScannedFile]:
@@ -257,7 +244,7 @@ def _walk(root: Path, include_hidden: bool) -> Iterator[tuple[str, os.stat_resul
                         seen_folders.add(real)
                         pending.append(real)
                 elif entry.is_file() and real not in seen_files:
-                    modality = modality_of_extension(real)
+                    modality = modalities.of_file(real)
                     if modality is not None:
                         seen_files.add(real)
                         yield real, os.stat(real), modality

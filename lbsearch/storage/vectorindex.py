@@ -37,7 +37,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from lbsearch.errors import LbsearchError
+from lbsearch.errors import IndexFileError, VectorIndexError
 
 logger = logging.getLogger(__name__)
 
@@ -64,19 +64,6 @@ DEFAULT_WATERMARKS = {"max_vector_id": 0, "delete_seq": 0}
 MAGIC = b"LBSVIDX\x01"
 FORMAT_VERSION = 1
 _LENGTH = struct.Struct("<Q")
-
-
-class VectorIndexError(LbsearchError):
-    """Vectors, ids, queries or a factory string the index cannot use."""
-
-
-class IndexFileError(LbsearchError):
-    """An index file that cannot be written or read back (missing, truncated, corrupt): rebuild it."""
-
-    def __init__(self, path: str | Path, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
 
 def choose_factory(n: int, dim: int) -> str:

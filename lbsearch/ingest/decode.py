@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from lbsearch import modalities
 from lbsearch.errors import MediaError
 from lbsearch.preprocess import (
     MediaInfo,
@@ -105,7 +106,7 @@ def decode(task: DecodeTask) -> DecodedPart:
         # saves a quarter of the decode time of short clips (PyAV takes ~8 ms to open a WAV).
         if not (task.modality == "audio" and "audio" in task.settings):
             result.info = probe(task.path)
-        if task.modality in ("video", "audio"):
+        if modalities.lookup(task.modality).timed:
             _decode_timed(task, result)
         elif task.modality in task.settings:
             tensor = preprocessor_for(task.modality, task.settings[task.modality])(task.path)

@@ -50,7 +50,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from lbsearch import modalities
 from lbsearch.errors import ConfigError, LbsearchError
+from lbsearch.modalities import MODALITIES
 
 SQLITE_FILE_NAME = "metadata.sqlite"
 # What a caller says about a file it records (besides its item key).
@@ -254,7 +256,7 @@ class FileVectors:
 class Watermark:
     """How far a FAISS file is: the largest vector id and the last deletion seq it includes.
 
-    `dataclasses.asdict(watermark)` is the `watermarks` dict that `lbsearch.vectorindex` keeps in a FAISS file.
+    `dataclasses.asdict(watermark)` is the `watermarks` dict that `lbsearch.storage.vectorindex` keeps in a FAISS file.
     """
 
     max_vector_id: int
@@ -604,8 +606,9 @@ class Database:
             Vector.modality == modality,
         )
         qualifies = File.modality == modality
-        if modality == "audio":
-            qualifies = qualifies | ((File.modality == "video") & File.has_audio.is_(True))
+        carriers = [m for m in MODALITIES if modalities.lookup(m).companion == modality]
+        if carriers:  # a video with a sound track qualifies for audio
+            qualifies = qualifies | (File.modality.in_(carriers) & File.has_audio.is_(True))
         return self._file_records(File.status == "ok", qualifies, ~has_vector)
 
     def _file_records(self, *conditions: ColumnElement[bool], order_by: Any = File.id) -> list[FileRecord]:
