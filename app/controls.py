@@ -11,8 +11,8 @@ from datetime import date, datetime, time
 from typing import Any
 
 import streamlit as st
+from lbsearch.app import state
 
-from app import state
 from lbsearch.search.engine import Filters, Hit
 from lbsearch.search.fusion import FUSION_MODES
 

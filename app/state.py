@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import streamlit as st
+from lbsearch.app.uploads import UploadFolder
 
-from app.uploads import UploadFolder
 from lbsearch.errors import CheckpointError, ConfigError, LbsearchError
 from lbsearch.library import Library, default_index_folder
 from lbsearch.modalities import MODALITIES
 from lbsearch.search.engine import Hit
-from lbsearch.storage.database import FileRecord
+from lbsearch.storage.records import FileRecord
 
 T = TypeVar("T")
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import NoReturn
 
 import streamlit as st
+from lbsearch.app import previews, state
 from PIL import Image
 
-from app import previews, state
 from lbsearch import modalities
 from lbsearch.errors import LbsearchError, MediaError
 from lbsearch.preprocess.probe import MediaInfo, probe

@@ -47,7 +47,8 @@ from lbsearch import Library
 from lbsearch.models import build_encoder, save_checkpoint
 from lbsearch.search import engine
 from lbsearch.search.engine import FileQuery
-from lbsearch.storage.database import Database, FileVectors, MediaInfo, NewVector
+from lbsearch.storage.database import Database
+from lbsearch.storage.records import FileVectors, MediaInfo, NewVector
 from lbsearch.storage.vectorindex import EXACT_FACTORY, VectorIndex, choose_factory
 
 QUICK_SIZE = 20_000

@@ -27,7 +27,8 @@ from lbsearch.models import Encoder, load_checkpoint
 from lbsearch.models.registry import MODEL_SETS, model_set
 from lbsearch.search import engine
 from lbsearch.search.engine import Filters, Hit, QueryPart
-from lbsearch.storage.database import SQLITE_FILE_NAME, Database, FileRecord
+from lbsearch.storage.database import SQLITE_FILE_NAME, Database
+from lbsearch.storage.records import FileRecord
 from lbsearch.storage.store import Disagreement, IndexStore
 
 DEFAULT_INDEX = "indexes"

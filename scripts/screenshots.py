@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from app import live  # noqa: E402
+from lbsearch.app import live  # noqa: E402
+
 from lbsearch.errors import LbsearchError  # noqa: E402
 
 OUT = REPO / "docs" / "screenshots"

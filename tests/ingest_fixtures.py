@@ -21,7 +21,8 @@ from sqlalchemy import func, select
 from test_db import database_url  # noqa: F401  (re-exported fixture: a fresh SQLite or PostgreSQL URL)
 
 from lbsearch.library import Library
-from lbsearch.storage.database import Database, File, Item, Model, Segment, Vector
+from lbsearch.storage.database import Database
+from lbsearch.storage.schema import File, Item, Model, Segment, Vector
 from lbsearch.storage.store import IndexStore
 from lbsearch.storage.vectorindex import VectorIndex
 from lbsearch.toyworld import World, read_manifest, write_library

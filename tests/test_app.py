@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO
+from lbsearch.app import previews, state, uploads, views
+from lbsearch.app.state import index_location
+from lbsearch.app.views import moment
 from streamlit.testing.v1 import AppTest
 
-from app import previews, state, uploads, views
-from app.state import index_location
-from app.views import moment
 from lbsearch.errors import ConfigError, MediaError
 from lbsearch.ingest.pipeline import IngestOptions
 from lbsearch.library import Library

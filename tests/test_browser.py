@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from lbsearch.app import live
 from test_app import build_library
 
-from app import live
 from lbsearch.library import Library
 from lbsearch.modalities import MODALITIES
 from lbsearch.search.engine import FileQuery

@@ -20,8 +20,8 @@ from conftest import REPO
 from test_query import LONG_WINDOW, TEXT, checkpoint_paths, scene_file, write_bad_files, write_media
 from typer.testing import CliRunner
 
-from cli import app
 from lbsearch import Library
+from lbsearch.cli import app
 from lbsearch.search.engine import FileQuery, Filters, StoredQuery
 
 runner = CliRunner()
@@ -306,11 +306,11 @@ PROCESS_CASES = ["unknown modality", "missing file", "empty library", "undecodab
 
 @pytest.fixture(scope="module")
 def processes(setup: Setup) -> Iterator[dict[str, subprocess.Popen]]:
-    """`python -m cli` (what the `lbsearch` console script runs), one process per case, started together."""
+    """`python -m lbsearch.cli` (what the `lbsearch` console script runs), one process per case, started together."""
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
     def start(args: list[str]) -> subprocess.Popen:
-        command = [sys.executable, "-m", "cli", *args]
+        command = [sys.executable, "-m", "lbsearch.cli", *args]
         return subprocess.Popen(
             command, cwd=setup.media, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, text, update
 from sqlalchemy.engine import make_url
 
 from lbsearch.errors import ConfigError, LbsearchError
-from lbsearch.storage.database import (
-    SQLITE_FILE_NAME,
-    Database,
-    File,
+from lbsearch.storage import schema
+from lbsearch.storage.database import SQLITE_FILE_NAME, Database
+from lbsearch.storage.records import (
     FileFilter,
     FileVectors,
     MediaInfo,
@@ -27,6 +26,7 @@ from lbsearch.storage.database import (
     embedding_to_bytes,
     embeddings_from_bytes,
 )
+from lbsearch.storage.schema import SCHEMA_VERSION, File, SchemaVersion, schema_version
 
 DIM = 8
 
@@ -533,3 +533,56 @@ def test_writers_take_turns(database_url: str) -> None:
     finally:
         first.close()
         second.close()
+
+
+# ------------------------------------------------------------------------------------------- migrations
+
+
+def test_a_new_database_records_the_current_schema_version(database_url: str) -> None:
+    with Database.open(database_url) as database, database.engine.connect() as connection:
+        assert schema_version(connection) == SCHEMA_VERSION
+
+
+def test_a_database_from_before_versions_is_upgraded_in_place(database_url: str, tmp_path: Path) -> None:
+    """Round 1 wrote the tables without a version: such a library is version 1, keeps its rows and is upgraded."""
+    with Database.open(database_url) as database:
+        file_id = database.upsert_file(path="/m/a.png", root="/m", size=1, mtime_ns=1, content_hash="h",
+                                       modality="image", item_key="a")
+        with database.engine.begin() as connection:
+            SchemaVersion.__table__.drop(connection)
+            assert schema_version(connection) == 1
+    with Database.open(database_url) as database:
+        assert database.file(file_id).path == "/m/a.png"
+        with database.engine.connect() as connection:
+            assert schema_version(connection) == SCHEMA_VERSION
+
+
+def test_migrations_run_in_order_from_the_version_found(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Database.open(database_url):
+        pass
+    ran: list[str] = []
+
+    def add_note(connection) -> None:
+        ran.append("note")
+        connection.execute(text("ALTER TABLE files ADD COLUMN note TEXT"))
+
+    def fill_note(connection) -> None:
+        ran.append("fill")
+        connection.execute(text("UPDATE files SET note = 'x'"))
+
+    monkeypatch.setattr(schema, "MIGRATIONS", (add_note, fill_note))
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 3)
+    with Database.open(database_url) as database, database.engine.connect() as connection:
+        assert ran == ["note", "fill"]  # version 1 -> 2 -> 3
+        assert schema_version(connection) == 3
+    with Database.open(database_url):
+        assert ran == ["note", "fill"]  # nothing left to run
+
+
+def test_a_database_from_a_newer_lbsearch_is_refused(database_url: str) -> None:
+    with Database.open(database_url) as database, database.engine.begin() as connection:
+        connection.execute(update(SchemaVersion).values(version=SCHEMA_VERSION + 1))
+    with pytest.raises(ConfigError, match=r"written by a newer lbsearch .*upgrade lbsearch"):
+        Database.open(database_url)

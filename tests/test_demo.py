@@ -47,7 +47,7 @@ def test_demo_generates_indexes_and_queries(golden_demo_set, tmp_path: Path) -> 
 
 
 def test_demo_command_prints_queries_and_the_ui_hint(golden_demo_set, tmp_path: Path) -> None:
-    from cli import app
+    from lbsearch.cli import app
 
     result = CliRunner().invoke(app, ["demo", "--dir", str(tmp_path / "d"), "--scenes", "4", "--workers", "0"])
     assert result.exit_code == 0, result.output
@@ -56,7 +56,7 @@ def test_demo_command_prints_queries_and_the_ui_hint(golden_demo_set, tmp_path: 
 
 
 def test_missing_demo_models_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
-    from cli import app
+    from lbsearch.cli import app
 
     monkeypatch.setitem(registry.MODEL_SETS, "demo", {"video": str(tmp_path / "nothing")})
     assert not demo_models_present()

@@ -29,13 +29,14 @@ from PIL import Image
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from cli import app
+from lbsearch.cli import app
 from lbsearch.ingest import scan as scan_module
 from lbsearch.ingest.decode import DecodeTask, WindowSpec, decode
 from lbsearch.ingest.pipeline import IngestOptions, Ingestor, IngestProgress
 from lbsearch.library import Library
 from lbsearch.preprocess import PreprocessSettings
-from lbsearch.storage.database import Database, File, IngestRun, Item
+from lbsearch.storage.database import Database
+from lbsearch.storage.schema import File, IngestRun, Item
 
 # The shared helpers assert too: rewrite them for readable failures (before they are imported).
 pytest.register_assert_rewrite("ingest_fixtures")
@@ -565,7 +566,7 @@ import lbsearch.ingest.pipeline
 lbsearch.ingest.pipeline.IngestOptions = functools.partial(
     lbsearch.ingest.pipeline.IngestOptions, commit_files=int(sys.argv.pop(1)), commit_seconds=60.0
 )
-from cli import app
+from lbsearch.cli import app
 app()
 """
 

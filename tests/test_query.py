@@ -26,7 +26,7 @@ from lbsearch.ingest.pipeline import IngestOptions
 from lbsearch.models import Encoder, load_checkpoint
 from lbsearch.search.engine import FileQuery, Filters, Hit, StoredQuery
 from lbsearch.search.templates import prompts_for, templates_for
-from lbsearch.storage.database import VectorInfo
+from lbsearch.storage.records import VectorInfo
 from lbsearch.toyworld import LIBRARY_PATHS, World, write_library
 from lbsearch.toyworld.render import write_mp4
 

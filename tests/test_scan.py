@@ -14,7 +14,8 @@ from test_db import database_url  # noqa: F401  (the fixture: a fresh SQLite or 
 from lbsearch.errors import ConfigError, MediaError
 from lbsearch.ingest import scan as scan_module
 from lbsearch.ingest.scan import HASH_SAMPLE_BYTES, FileTask, Plan, ScanRoot, content_hash, plan, scan
-from lbsearch.storage.database import Database, FileVectors, NewVector
+from lbsearch.storage.database import Database
+from lbsearch.storage.records import FileVectors, NewVector
 
 DIM = 4
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli import app
+from lbsearch.cli import app
 from lbsearch.library import Library
 from lbsearch.storage.vectorindex import VectorIndex
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli import app
+from lbsearch.cli import app
 from lbsearch.eval.benchmarks import evaluate_benchmark, load_benchmark
 from lbsearch.eval.toyworld import evaluate_toyworld
 from lbsearch.modalities import MODALITIES

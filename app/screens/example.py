@@ -4,9 +4,9 @@ any other modality: the emergent X->Y search of LanguageBind made visible."""
 import math
 
 import streamlit as st
+from lbsearch.app import controls, state, views
+from lbsearch.app.uploads import upload_limit_mb
 
-from app import controls, state, views
-from app.uploads import upload_limit_mb
 from lbsearch import modalities
 from lbsearch.modalities import IMAGE_MODALITIES, MEDIA_EXTENSIONS
 from lbsearch.preprocess.probe import MediaInfo

@@ -33,7 +33,8 @@ from lbsearch.ingest import scan
 from lbsearch.ingest.decode import DecodedPart, DecodeTask, ModelInput, WindowSpec, decode, follow_up_tasks
 from lbsearch.models import Encoder
 from lbsearch.preprocess import PreprocessSettings
-from lbsearch.storage.database import Database, FileVectors, MediaInfo, NewVector
+from lbsearch.storage.database import Database
+from lbsearch.storage.records import FileVectors, MediaInfo, NewVector
 
 # How often a decode worker checks that the process that started it is still alive.
 ORPHAN_CHECK_SECONDS = 0.5

@@ -24,7 +24,8 @@ from pathlib import Path
 from lbsearch import modalities
 from lbsearch.errors import ConfigError, MediaError
 from lbsearch.modalities import IMAGE_MODALITIES
-from lbsearch.storage.database import Database, FileRecord
+from lbsearch.storage.database import Database
+from lbsearch.storage.records import FileRecord
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from lbsearch.errors import CalibrationError, ConfigError, MediaError, QueryErro
 from lbsearch.modalities import IMAGE_MODALITIES, MODALITIES, check_all, lookup, of_file
 from lbsearch.search.calibration import Calibrator
 from lbsearch.search.fusion import FUSION_MODES, combine_query_parts, fuse
-from lbsearch.storage.database import FileFilter, VectorInfo
+from lbsearch.storage.records import FileFilter, VectorInfo
 
 if TYPE_CHECKING:
     from lbsearch.library import Library

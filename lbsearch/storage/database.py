@@ -9,6 +9,9 @@ logged after the other.
 Writes go through `Database.session(write=True)`, which serialises writers (BEGIN IMMEDIATE on SQLite, an
 advisory lock on PostgreSQL) so that ids and seqs become visible in increasing order. Readers never wait for a
 writer and see the last committed state (SQLite runs in WAL mode).
+
+The tables and their migrations are in `schema`, the records this class hands out in `records`. The class stays
+one module, longer than most: it is every SQL statement lbsearch runs, read in one sitting.
 """
 
 from __future__ import annotations
@@ -17,25 +20,14 @@ import json
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import (
-    JSON,
-    BigInteger,
     ColumnElement,
-    DateTime,
     Engine,
-    ForeignKey,
-    Index,
-    Integer,
-    LargeBinary,
-    String,
-    Text,
-    UniqueConstraint,
     create_engine,
     delete,
     event,
@@ -48,11 +40,35 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-from lbsearch import modalities
-from lbsearch.errors import ConfigError, LbsearchError
-from lbsearch.modalities import MODALITIES
+from lbsearch.errors import LbsearchError
+from lbsearch.modalities import MODALITIES, lookup
+from lbsearch.storage.records import (
+    EMBEDDING_DTYPE,
+    FileFilter,
+    FileRecord,
+    FileVectors,
+    ModelRecord,
+    NewVector,
+    StoredVector,
+    VectorInfo,
+    Watermark,
+    embedding_to_bytes,
+    embeddings_from_bytes,
+)
+from lbsearch.storage.schema import (
+    File,
+    IngestRun,
+    Item,
+    Model,
+    Segment,
+    Setting,
+    Vector,
+    VectorDeletion,
+    migrate,
+    utcnow,
+)
 
 SQLITE_FILE_NAME = "metadata.sqlite"
 # What a caller says about a file it records (besides its item key).
@@ -60,284 +76,8 @@ _FILE_FACTS = ("path", "root", "size", "mtime_ns", "content_hash", "modality")
 FILE_STATUSES = ("pending", "ok", "error")
 # Any fixed number: the key of the PostgreSQL advisory lock that serialises lbsearch writers.
 _PG_WRITER_LOCK = 0x6C627372
-_EMBEDDING_DTYPE = np.dtype("<f4")
-
 
 T = TypeVar("T")
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-# ---------------------------------------------------------------------------------------------- schema
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Item(Base):
-    """What files belong together: a video and its own audio track, the RGB/depth/thermal frames of a scene."""
-
-    __tablename__ = "items"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    key: Mapped[str] = mapped_column(String, unique=True)
-
-
-class File(Base):
-    __tablename__ = "files"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    path: Mapped[str] = mapped_column(String, unique=True)
-    root: Mapped[str] = mapped_column(String)
-    size: Mapped[int] = mapped_column(BigInteger)
-    mtime_ns: Mapped[int] = mapped_column(BigInteger)
-    # None when the file could not be read (it is then recorded as failed).
-    content_hash: Mapped[str | None] = mapped_column(String(64), index=True)
-    modality: Mapped[str] = mapped_column(String(16))
-    duration: Mapped[float | None]
-    fps: Mapped[float | None]
-    width: Mapped[int | None]
-    height: Mapped[int | None]
-    sample_rate: Mapped[int | None]
-    has_audio: Mapped[bool | None]
-    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
-    error: Mapped[str | None] = mapped_column(Text)
-    item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id"), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow, onupdate=_utcnow)
-
-
-class Segment(Base):
-    """A span of a file. NULL start and end: the whole file; otherwise a time window in seconds."""
-
-    __tablename__ = "segments"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    file_id: Mapped[int] = mapped_column(ForeignKey("files.id"), index=True)
-    start: Mapped[float | None]
-    end: Mapped[float | None]
-
-
-class Model(Base):
-    """One checkpoint for one modality. A new version (other weights) gets its own row and its own index."""
-
-    __tablename__ = "models"
-    __table_args__ = (UniqueConstraint("name", "modality", "weights_hash"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String)
-    modality: Mapped[str] = mapped_column(String(16))
-    revision: Mapped[str | None] = mapped_column(String)
-    weights_hash: Mapped[str] = mapped_column(String(128))
-    dim: Mapped[int]
-
-
-class Vector(Base):
-    """One embedding. `id` is the FAISS id; AUTOINCREMENT keeps SQLite from reusing a deleted one."""
-
-    __tablename__ = "vectors"
-    __table_args__ = (
-        UniqueConstraint("segment_id", "model_id", "modality"),
-        Index("ix_vectors_model_modality_id", "model_id", "modality", "id"),
-        {"sqlite_autoincrement": True},
-    )
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    segment_id: Mapped[int] = mapped_column(ForeignKey("segments.id"))
-    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
-    modality: Mapped[str] = mapped_column(String(16))
-    embedding: Mapped[bytes] = mapped_column(LargeBinary)
-
-
-class VectorDeletion(Base):
-    """Append-only log of deleted vectors, so a FAISS file can catch up with deletions made after it."""
-
-    __tablename__ = "vector_deletions"
-    __table_args__ = (
-        Index("ix_vector_deletions_model_modality_seq", "model_id", "modality", "seq"),
-        {"sqlite_autoincrement": True},
-    )
-
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    vector_id: Mapped[int]
-    model_id: Mapped[int]
-    modality: Mapped[str] = mapped_column(String(16))
-
-
-class IngestRun(Base):
-    __tablename__ = "ingest_runs"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    started: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
-    finished: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    status: Mapped[str] = mapped_column(String(16), default="running")
-    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    model_set: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-
-
-class Setting(Base):
-    __tablename__ = "settings"
-
-    key: Mapped[str] = mapped_column(String(128), primary_key=True)
-    value: Mapped[Any] = mapped_column(JSON)
-
-
-# ------------------------------------------------------------------------------------- plain records
-
-
-@dataclass(frozen=True)
-class FileRecord:
-    """A `files` row as plain data, safe to keep after its session is gone."""
-
-    id: int
-    path: str
-    root: str
-    size: int
-    mtime_ns: int
-    content_hash: str | None
-    modality: str
-    status: str
-    error: str | None
-    item_key: str | None
-
-
-@dataclass(frozen=True)
-class ModelRecord:
-    id: int
-    name: str
-    modality: str
-    revision: str | None
-    weights_hash: str
-    dim: int
-
-
-@dataclass(frozen=True)
-class MediaInfo:
-    """What decoding learnt about a file; every field is optional (an image has no duration)."""
-
-    duration: float | None = None
-    fps: float | None = None
-    width: int | None = None
-    height: int | None = None
-    sample_rate: int | None = None
-    has_audio: bool | None = None
-
-
-@dataclass(frozen=True)
-class NewVector:
-    """One embedding to store for a file: which model and modality made it, and which span of the file."""
-
-    model_id: int
-    modality: str
-    embedding: np.ndarray
-    start: float | None = None
-    end: float | None = None
-
-
-@dataclass(frozen=True)
-class FileVectors:
-    """Everything to store for one embedded file, replacing its previous vectors.
-
-    `only_models`: replace only the vectors of these models (plus those in `vectors`), keeping other models'
-    (a new model version indexed beside the old one); None replaces every vector of the file.
-    `info`, when given, replaces all the media fields of the file (duration, fps, ...).
-    """
-
-    file_id: int
-    vectors: Sequence[NewVector]
-    info: MediaInfo | None = None
-    only_models: Collection[int] | None = None
-
-
-@dataclass(frozen=True)
-class Watermark:
-    """How far a FAISS file is: the largest vector id and the last deletion seq it includes.
-
-    `dataclasses.asdict(watermark)` is the `watermarks` dict that `lbsearch.storage.vectorindex` keeps in a FAISS file.
-    """
-
-    max_vector_id: int
-    delete_seq: int
-
-
-@dataclass(frozen=True)
-class StoredVector:
-    """One stored embedding of a file, and the span it covers (None, None: the whole file)."""
-
-    vector_id: int
-    start: float | None
-    end: float | None
-    embedding: np.ndarray
-
-
-@dataclass(frozen=True)
-class FileFilter:
-    """Conditions on files (None: no condition). `where` maps other `files` columns to a value they must equal."""
-
-    file_modalities: Collection[str] | None = None
-    min_duration: float | None = None
-    max_duration: float | None = None
-    modified_after: datetime | None = None
-    modified_before: datetime | None = None
-    where: Mapping[str, Any] = field(default_factory=dict)
-
-    def clauses(self) -> list[ColumnElement[bool]]:
-        """The conditions as SQL; a column `where` names that `files` does not have is a ConfigError."""
-        clauses: list[ColumnElement[bool]] = []
-        if self.file_modalities is not None:
-            clauses.append(File.modality.in_(list(self.file_modalities)))
-        if self.min_duration is not None:
-            clauses.append(File.duration >= self.min_duration)
-        if self.max_duration is not None:
-            clauses.append(File.duration <= self.max_duration)
-        if self.modified_after is not None:
-            clauses.append(File.mtime_ns >= _nanoseconds(self.modified_after))
-        if self.modified_before is not None:
-            clauses.append(File.mtime_ns <= _nanoseconds(self.modified_before))
-        columns = File.__table__.columns
-        for name, value in self.where.items():
-            if name not in columns:
-                raise ConfigError(f"files have no column {name!r}; they have {', '.join(columns.keys())}")
-            clauses.append(columns[name] == value)
-        return clauses
-
-
-@dataclass(frozen=True)
-class VectorInfo:
-    """Where a vector comes from: what a search result shows."""
-
-    vector_id: int
-    model_id: int
-    modality: str
-    segment_id: int
-    start: float | None
-    end: float | None
-    file_id: int
-    path: str
-    file_modality: str
-    item_id: int | None
-    item_key: str | None
-
-
-# ------------------------------------------------------------------------- numpy <-> bytes, one place
-
-
-def embedding_to_bytes(embedding: np.ndarray) -> bytes:
-    """A 1-D embedding as little-endian float32 bytes."""
-    vector = np.asarray(embedding, dtype=_EMBEDDING_DTYPE)
-    if vector.ndim != 1:
-        raise LbsearchError(f"an embedding must be one vector, got shape {vector.shape}")
-    return vector.tobytes()
-
-
-def embeddings_from_bytes(blobs: Sequence[bytes | memoryview], dim: int) -> np.ndarray:
-    """Stored embeddings as one float32 [n, dim] matrix (native byte order, as FAISS wants)."""
-    matrix = np.frombuffer(b"".join(blobs), dtype=_EMBEDDING_DTYPE).reshape(len(blobs), dim)
-    return matrix.astype(np.float32)
-
 
 # The columns of a FileRecord, in order (with the item's key joined in).
 _RECORD_COLUMNS = (
@@ -391,7 +131,7 @@ class Database:
         self._writer_sessions = sessionmaker(writer_engine, expire_on_commit=False)
         # Inside a writer transaction, so that two processes opening a new database do not both create it.
         with self.session(write=True) as session:
-            Base.metadata.create_all(session.connection())
+            migrate(session.connection())
 
     @classmethod
     def open(cls, target: str | Path) -> Database:
@@ -606,7 +346,7 @@ class Database:
             Vector.modality == modality,
         )
         qualifies = File.modality == modality
-        carriers = [m for m in MODALITIES if modalities.lookup(m).companion == modality]
+        carriers = [m for m in MODALITIES if lookup(m).companion == modality]
         if carriers:  # a video with a sound track qualifies for audio
             qualifies = qualifies | (File.modality.in_(carriers) & File.has_audio.is_(True))
         return self._file_records(File.status == "ok", qualifies, ~has_vector)
@@ -807,7 +547,7 @@ class Database:
         if not embeddings:
             return [(VectorInfo(*row), None) for row in rows]
         return [
-            (VectorInfo(*row[:-1]), embeddings_from_bytes([row[-1]], len(row[-1]) // _EMBEDDING_DTYPE.itemsize)[0])
+            (VectorInfo(*row[:-1]), embeddings_from_bytes([row[-1]], len(row[-1]) // EMBEDDING_DTYPE.itemsize)[0])
             for row in rows
         ]
 
@@ -823,7 +563,7 @@ class Database:
     def finish_run(self, run_id: int, status: str, counts: Mapping[str, int]) -> None:
         with self.session(write=True) as session:
             session.execute(
-                update(IngestRun).filter_by(id=run_id).values(status=status, counts=dict(counts), finished=_utcnow())
+                update(IngestRun).filter_by(id=run_id).values(status=status, counts=dict(counts), finished=utcnow())
             )
 
     def counts(self) -> dict[str, Any]:
@@ -877,10 +617,6 @@ def _configure_sqlite(engine: Engine) -> None:
         writer = connection.get_execution_options().get("lbsearch_writer", False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
-
-def _nanoseconds(moment: datetime) -> int:
-    """A datetime as st_mtime_ns counts (a naive one is local time, as file times are shown)."""
-    return round(moment.timestamp() * 1_000_000) * 1000
 
 
 def _model_record(model: Model) -> ModelRecord:

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from lbsearch.errors import IndexFileError
-from lbsearch.storage.database import Database, Watermark
+from lbsearch.storage.database import Database
+from lbsearch.storage.records import Watermark
 from lbsearch.storage.vectorindex import EXACT_FACTORY, VectorIndex, choose_factory
 
 log = logging.getLogger(__name__)
