@@ -466,7 +466,7 @@ def ui(
 
     Example: lbsearch ui --index ./indexes
     """
-    from lbsearch.app.live import APP as app_file
+    from lbsearch.app.live import APP
     env = dict(os.environ)
     if index_dir is not None:
         env["LBSEARCH_INDEX"] = str(index_dir)
@@ -475,7 +475,7 @@ def ui(
         "-m",
         "streamlit",
         "run",
-        str(app_file),
+        str(APP),
         "--server.port",
         str(port),
         "--server.address",
