@@ -11,10 +11,11 @@ from datetime import date, datetime, time
 from typing import Any
 
 import streamlit as st
-from lbsearch.app import state
 
-from lbsearch.search.engine import Filters, Hit
+from lbsearch.app import state
 from lbsearch.search.fusion import FUSION_MODES
+from lbsearch.search.request import Filters, SearchRequest
+from lbsearch.search.results import Hit
 
 FUSION_LABELS = {
     "sum": "weighted sum of cosines",
@@ -27,13 +28,12 @@ EARLIEST = date(1970, 1, 1)  # date_input's own default lower bound is only ten 
 
 @dataclass(frozen=True)
 class SearchOptions:
+    """What a page's settings say: the modalities, whether they are ranked jointly, and the `SearchRequest`
+    options (k, fusion, weights, filters, score cut-off) every search of the page uses."""
+
     modalities: tuple[str, ...]
-    k: int
     joint: bool
-    fuse: str = "sum"
-    weights: dict[str, float] = field(default_factory=dict)
-    filters: Filters = field(default_factory=Filters)
-    min_score: float | None = None
+    request: dict[str, Any] = field(default_factory=dict)
 
 
 def _day_start(day: date | None) -> datetime | None:
@@ -98,7 +98,8 @@ def search_options(prefix: str, available: Sequence[str], default: Sequence[str]
         modified_after=_day_start(after),
         modified_before=_day_end(before),
     )
-    return SearchOptions(modalities, int(k), joint, fuse, weights, filters, min_score)
+    request = {"k": int(k), "fuse": fuse, "weights": weights or None, "filters": filters, "min_score": min_score}
+    return SearchOptions(modalities, joint, request)
 
 
 def run_searches(
@@ -108,15 +109,16 @@ def run_searches(
 
     ``query`` holds ``text``/``like``; a section whose search failed (its error shown) is left out.
     """
-    common = {"k": options.k, "filters": options.filters, "min_score": options.min_score, **query}
     if options.joint:
-        hits = state.search(
-            handle, slot, modalities=options.modalities, fuse=options.fuse, weights=options.weights, **common
+        sections = [(" + ".join(options.modalities), slot, options.modalities)]
+    else:
+        sections = [(modality, f"{slot}-{modality}", (modality,)) for modality in options.modalities]
+    found = []
+    for title, section_slot, modalities in sections:
+        request = state.attempt(
+            lambda m=modalities: SearchRequest.of(modalities=m, **query, **options.request), "Search"
         )
-        return [] if hits is None else [(" + ".join(options.modalities), hits)]
-    sections = []
-    for modality in options.modalities:
-        hits = state.search(handle, f"{slot}-{modality}", modalities=[modality], **common)
+        hits = None if request is None else state.search(handle, section_slot, request)
         if hits is not None:
-            sections.append((modality, hits))
-    return sections
+            found.append((title, hits))
+    return found

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import streamlit as st
-from lbsearch.app.uploads import UploadFolder
 
+from lbsearch.app.uploads import UploadFolder
 from lbsearch.errors import CheckpointError, ConfigError, LbsearchError
 from lbsearch.library import Library, default_index_folder
 from lbsearch.modalities import MODALITIES
-from lbsearch.search.engine import Hit
+from lbsearch.search.request import SearchRequest
+from lbsearch.search.results import Hit
 from lbsearch.storage.records import FileRecord
 
 T = TypeVar("T")
@@ -130,17 +131,17 @@ def library_files(handle: LibraryHandle) -> list[FileRecord]:
         return handle.library.files("ok")
 
 
-def search(handle: LibraryHandle, slot: str, **query: Any) -> list[Hit] | None:
-    """``Library.search(**query)``, remembered per page slot until the query or the library changes (Streamlit
+def search(handle: LibraryHandle, slot: str, request: SearchRequest) -> list[Hit] | None:
+    """``Library.search(request)``, remembered per page slot until the request or the library changes (Streamlit
     reruns the page on every click; the hits of an unchanged query are not recomputed). None after an error."""
     memo: dict[str, tuple[str, list[Hit]]] = st.session_state.setdefault(_SEARCH_MEMO, {})
-    key = repr((handle.location, handle.generation, sorted(query.items())))
+    key = repr((handle.location, handle.generation, request))
     if slot in memo and memo[slot][0] == key:
         return memo[slot][1]
 
     def run() -> list[Hit]:
         with handle.lock, st.spinner("Searching…"):
-            return handle.library.search(**query)
+            return handle.library.search(request=request)
 
     hits = attempt(run, "Search")
     if hits is not None:

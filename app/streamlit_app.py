@@ -5,6 +5,7 @@ counts, failures, index health). Everything they do goes through `lbsearch.libra
 """
 
 import streamlit as st
+
 from lbsearch.app import state
 
 st.set_page_config(page_title="lbsearch", page_icon=":material/search:", layout="wide")

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import NoReturn
 
 import streamlit as st
-from lbsearch.app import previews, state
 from PIL import Image
 
 from lbsearch import modalities
+from lbsearch.app import previews, state
 from lbsearch.errors import LbsearchError, MediaError
 from lbsearch.preprocess.probe import MediaInfo, probe
-from lbsearch.search.engine import Hit
+from lbsearch.search.results import Hit
 
 GRID_COLUMNS = 4
 INLINE_VIDEO_BYTES = 64 * 2**20

@@ -7,7 +7,7 @@ encoders are ViT-L/14-shaped LanguageBind checkpoints with random weights (`benc
 and loaded like released ones, and loaded before timing. Each query is timed in parts:
 
 - encode: the query embedding (text: the language tower; audio: decoding, filter bank and the audio tower);
-- index search: the FAISS search `Library.search` issues for k=10 hits (`engine.first_fetch` neighbours);
+- index search: the FAISS search `Library.search` issues for k=10 hits (`engine.OVERFETCH` neighbours per hit);
 - rest: everything else `Library.search` does (metadata lookups, grouping, calibration), i.e. end-to-end minus
   the two above;
 - end-to-end: `Library.search(...)` as a user calls it.
@@ -45,8 +45,8 @@ from benchmarks.encode import large_config
 from benchmarks.index import clustered_library
 from lbsearch import Library
 from lbsearch.models import build_encoder, save_checkpoint
-from lbsearch.search import engine
-from lbsearch.search.engine import FileQuery
+from lbsearch.search.engine import SearchEngine
+from lbsearch.search.request import FileQuery
 from lbsearch.storage.database import Database
 from lbsearch.storage.records import FileVectors, MediaInfo, NewVector
 from lbsearch.storage.vectorindex import EXACT_FACTORY, VectorIndex, choose_factory
@@ -107,7 +107,7 @@ def stage_clock() -> Iterator[dict[str, Any]]:
     """Time the encoding and the FAISS search inside `Library.search` calls (by wrapping the two functions that do
     them), and keep the last query embedding. Yields ``{"encode": s, "search": s, "embedding": array}``."""
     spent: dict[str, Any] = {"encode": 0.0, "search": 0.0, "embedding": None}
-    query_vector, index_search = engine._query_vector, VectorIndex.search
+    query_vector, index_search = SearchEngine.query_vector, VectorIndex.search
 
     def timed_query_vector(*args: Any, **kwargs: Any) -> np.ndarray:
         started = time.perf_counter()
@@ -121,11 +121,11 @@ def stage_clock() -> Iterator[dict[str, Any]]:
         spent["search"] += time.perf_counter() - started
         return found
 
-    engine._query_vector, VectorIndex.search = timed_query_vector, timed_index_search
+    SearchEngine.query_vector, VectorIndex.search = timed_query_vector, timed_index_search
     try:
         yield spent
     finally:
-        engine._query_vector, VectorIndex.search = query_vector, index_search
+        SearchEngine.query_vector, VectorIndex.search = query_vector, index_search
 
 
 def read_bandwidth(nbytes: int, repeats: int = 5) -> float:

@@ -137,13 +137,11 @@ def index(
 
     from lbsearch.ingest.decode import WindowSpec
     from lbsearch.ingest.pipeline import IngestOptions
-    from lbsearch.models.registry import parse_model_options
+    from lbsearch.models.registry import chosen_models
 
     lib = open_library(index_dir, db, device, create=True)
-    if models:
-        lib.use_models(models)
-    if model:
-        lib.use_models(parse_model_options(model))
+    if models or model:
+        lib.use_models(chosen_models(models, model or []))
     options = IngestOptions(
         windows=WindowSpec(window, hop),
         workers=workers,
@@ -282,38 +280,30 @@ def search(
     metadata = {column: _metadata_value(value) for column, value in split_pairs(where or [], "--where")}
     modified_after, modified_before = _parse_date(after, "--after"), _parse_date(before, "--before")
 
-    from lbsearch.search.engine import FileQuery, Filters, StoredQuery, parse_part
+    from lbsearch.search.request import Filters, SearchRequest, parse_like
 
-    like_query = None
-    if like is not None:
-        if like.isdigit() and not Path(like).exists():
-            like_query = StoredQuery(int(like), start, end, modality=like_as)
-        else:
-            like_query = FileQuery(like, as_modality=like_as, start=start, end=end)
-    parts = [(parse_part(q), w) for q, w in weighted_parts]
-    filters = Filters(
-        path_glob=glob,
-        file_modalities=tuple(file_modality) if file_modality else None,
-        min_duration=min_duration,
-        max_duration=max_duration,
-        modified_after=modified_after,
-        modified_before=modified_before,
-        where=metadata,
-    )
-    lib = open_library(index_dir, db, device)
-    hits = lib.search(
+    request = SearchRequest.of(
         text,
-        like=like_query,
-        parts=parts or None,
+        like=None if like is None else parse_like(like, as_modality=like_as, start=start, end=end),
+        parts=weighted_parts,
         modalities=modality,
         k=k,
         offset=offset,
         fuse=fuse,
         weights=weights or None,
         group=group,
-        filters=filters,
+        filters=Filters(
+            path_glob=glob,
+            file_modalities=tuple(file_modality) if file_modality else None,
+            min_duration=min_duration,
+            max_duration=max_duration,
+            modified_after=modified_after,
+            modified_before=modified_before,
+            where=metadata,
+        ),
         min_score=min_score,
     )
+    hits = open_library(index_dir, db, device).search(request=request)
     if as_json:
         print_json([hit.to_dict() for hit in hits])
         return
@@ -346,7 +336,8 @@ def classify(
     """
     lib = open_library(index_dir, db, device)
     labels = lib.classify(classes, modality, k=k)
-    rows = [{"file_id": fid, "path": lib.db.file(fid).path, "labels": found} for fid, found in labels.items()]
+    paths = {record.id: record.path for record in lib.files()}
+    rows = [{"file_id": fid, "path": paths[fid], "labels": found} for fid, found in labels.items()]
     if as_json:
         print_json(rows)
         return
@@ -807,14 +798,11 @@ def eval_toyworld(
     """
     from lbsearch.eval.toyworld import evaluate_toyworld
     from lbsearch.models import load_model_set
-    from lbsearch.models.registry import model_set, parse_model_options
+    from lbsearch.models.registry import chosen_models
     from lbsearch.train import preset
 
     spec = preset(preset_name).data.spec
-    named = models or (None if model else "demo")
-    checkpoints = model_set(named) if named else {}
-    checkpoints.update(parse_model_options(model or []))
-    encoders = load_model_set(checkpoints)
+    encoders = load_model_set(chosen_models(models, model or [], default="demo"))
     results = evaluate_toyworld(encoders, seed, spec, test_scenes, heldout_scenes, from_files)
     if as_json:
         print_json(results)

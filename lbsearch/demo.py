@@ -15,7 +15,8 @@ from lbsearch.errors import ConfigError
 from lbsearch.ingest.pipeline import IngestOptions, IngestProgress, IngestReport
 from lbsearch.library import Library
 from lbsearch.models.registry import DEMO_DIR, MODEL_SETS
-from lbsearch.search.engine import FileQuery, Hit
+from lbsearch.search.request import FileQuery
+from lbsearch.search.results import Hit
 from lbsearch.toyworld import World, read_manifest, write_library
 
 

@@ -22,18 +22,16 @@ import torch
 from lbsearch.errors import ConfigError
 from lbsearch.ingest.pipeline import IngestOptions, Ingestor, IngestProgress, IngestReport
 from lbsearch.ingest.scan import ScanRoot
-from lbsearch.modalities import check_all, lookup
-from lbsearch.models import Encoder, load_checkpoint
-from lbsearch.models.registry import MODEL_SETS, model_set
-from lbsearch.search import engine
-from lbsearch.search.engine import Filters, Hit, QueryPart
+from lbsearch.models import Encoder
+from lbsearch.modelset import ModelSet
+from lbsearch.search.engine import SearchEngine
+from lbsearch.search.request import SearchRequest
+from lbsearch.search.results import Hit
 from lbsearch.storage.database import SQLITE_FILE_NAME, Database
 from lbsearch.storage.records import FileRecord
 from lbsearch.storage.store import Disagreement, IndexStore
 
 DEFAULT_INDEX = "indexes"
-MODEL_SET_SETTING = "model_set"
-MODEL_IDS_SETTING = "model_ids"
 
 
 def default_index_folder() -> Path:
@@ -50,8 +48,9 @@ class Library:
         self.db = db
         self.device = device or default_device()
         self.dtype = dtype or (torch.float16 if self.device == "cuda" else torch.float32)
+        self.model_set = ModelSet(db, self.device, self.dtype)
         self.store = IndexStore(db, folder, recall_queries=self._recall_queries)
-        self._encoders: dict[tuple[str, bool], Encoder] = {}
+        self.engine = SearchEngine(db, self.store, self.model_set)
 
     @classmethod
     def open(
@@ -93,53 +92,22 @@ class Library:
     @property
     def models(self) -> dict[str, str]:
         """The model set recorded with this library: ``{modality: hub id or folder}``."""
-        return dict(self.db.get_setting(MODEL_SET_SETTING) or {})
+        return self.model_set.sources
 
     def use_models(self, models: str | Mapping[str, str]) -> dict[str, str]:
         """Record the model set (a named set such as "demo" or "languagebind", or ``{modality: checkpoint}``).
 
         Named modalities replace those of the current set; others stay. Later runs and searches use it.
         """
-        chosen = model_set(models) if isinstance(models, str) else dict(models)
-        check_all(list(chosen))
-        merged = {**self.models, **chosen}
-        self.db.set_setting(MODEL_SET_SETTING, merged)
-        self._encoders = {key: enc for key, enc in self._encoders.items() if merged.get(key[0]) == enc.source}
-        return merged
+        return self.model_set.use(models)
 
     def encoder(self, modality: str, *, text_only: bool = False) -> Encoder:
         """The loaded encoder of ``modality`` (loading it on first use)."""
-        lookup(modality)
-        for key in ((modality, False), (modality, True)) if text_only else ((modality, False),):
-            if key in self._encoders:
-                return self._encoders[key]
-        source = self.models.get(modality)
-        if source is None:
-            raise ConfigError(
-                f"no {modality} model in this library's model set; choose one with "
-                f"`lbsearch index --model {modality}=HUB_ID_OR_FOLDER` or `--models NAME` "
-                f"({', '.join(MODEL_SETS)})"
-            )
-        shared = next((e for e in self._encoders.values() if e.text is not None), None)
-        encoder = load_checkpoint(
-            source, self.device, self.dtype, text_tower=shared, towers=("text",) if text_only else ("vision", "text")
-        )
-        if encoder.modality != modality:
-            raise ConfigError(f"{source} is a {encoder.modality} checkpoint, but is set for {modality}")
-        self._encoders[(modality, text_only)] = encoder
-        return encoder
+        return self.model_set.encoder(modality, text_only=text_only)
 
     def model_id(self, modality: str) -> int:
         """The database id of the set's model for ``modality`` (registered when it first indexed something)."""
-        ids = self.db.get_setting(MODEL_IDS_SETTING) or {}
-        source = self.models.get(modality)
-        entry = ids.get(modality)
-        if entry is None or entry["source"] != source:
-            encoder = self.encoder(modality, text_only=True)
-            model_id = self.db.register_model(source, modality, encoder.weights_hash, encoder.dim)
-            self.db.set_setting(MODEL_IDS_SETTING, {**ids, modality: {"source": source, "id": model_id}})
-            return model_id
-        return int(entry["id"])
+        return self.model_set.model_id(modality)
 
     def _recall_queries(self, model_id: int, modality: str) -> np.ndarray | None:
         """Queries to tune approximate indexes on: text prompts, and stored vectors of the other modalities
@@ -229,50 +197,22 @@ class Library:
     def repair(self) -> list[Disagreement]:
         return self.store.repair()
 
-    def search(
-        self,
-        text: str | None = None,
-        *,
-        like: str | os.PathLike | QueryPart | None = None,
-        parts: Sequence[tuple[str | os.PathLike | QueryPart, float]] | None = None,
-        modalities: Sequence[str] | None = None,
-        k: int = 10,
-        offset: int = 0,
-        fuse: str = "sum",
-        weights: Mapping[str, float] | None = None,
-        group: str | None = None,
-        filters: Filters | None = None,
-        min_score: float | None = None,
-    ) -> list[Hit]:
-        """Search the library.
+    def search(self, text: str | None = None, *, request: SearchRequest | None = None, **options: Any) -> list[Hit]:
+        """Search the library with a sentence (``text``: text->X) and ``options``, or with a whole ``request``.
 
-        - ``text``: a sentence (text->X); ``like``: a file on disk, a `FileQuery`/`StoredQuery` (X->Y);
-          ``parts``: weighted query parts combined into one query, negative weights allowed.
-        - ``modalities``: which indexes to search (default: every indexed modality). Several at once give
-          joint retrieval: each item is scored across them with ``fuse`` ("sum", "temperature" or "rrf") and
-          ``weights`` per modality.
-        - ``group``: "file" (best moment per file; the default for one modality), "item" (the default for
-          several) or "segment" (every matching window). ``k`` hits from ``offset``.
-        - ``filters`` on file metadata; ``min_score``: a cut-off on the calibrated (z-)score.
+        ``options`` are those of `SearchRequest.of`: ``like`` (a file on disk or a `StoredQuery`: X->Y), ``parts``
+        (weighted query parts, negative weights allowed), ``modalities`` (several: joint retrieval, fused with
+        ``fuse`` and ``weights``), ``k``, ``offset``, ``group``, ``filters`` and ``min_score``.
         """
-        return engine.search(
-            self,
-            text,
-            like=like,
-            parts=parts,
-            modalities=modalities,
-            k=k,
-            offset=offset,
-            fuse_mode=fuse,
-            weights=dict(weights) if weights else None,
-            group=group,
-            filters=filters,
-            min_score=min_score,
-        )
+        if request is None:
+            request = SearchRequest.of(text, **options)
+        elif text is not None or options:
+            raise ConfigError("give a SearchRequest, or a text and options, not both")
+        return self.engine.search(request)
 
     def classify(
         self, class_names: Sequence[str], modality: str, file_ids: Sequence[int] | None = None, k: int = 1
     ) -> dict[int, list[tuple[str, float]]]:
         """Zero-shot labels for indexed files of ``modality`` (official prompt templates): ``{file_id: [(label,
         probability), ...]}``."""
-        return engine.classify(self, class_names, modality, file_ids, k)
+        return self.engine.classify(class_names, modality, file_ids, k)

@@ -18,7 +18,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from lbsearch.app import live  # noqa: E402
-
 from lbsearch.errors import LbsearchError  # noqa: E402
 
 OUT = REPO / "docs" / "screenshots"

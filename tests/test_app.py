@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO
+from streamlit.testing.v1 import AppTest
+
 from lbsearch.app import previews, state, uploads, views
 from lbsearch.app.state import index_location
 from lbsearch.app.views import moment
-from streamlit.testing.v1 import AppTest
-
 from lbsearch.errors import ConfigError, MediaError
 from lbsearch.ingest.pipeline import IngestOptions
 from lbsearch.library import Library
-from lbsearch.search.engine import FileQuery, Filters, StoredQuery
+from lbsearch.search.request import FileQuery, Filters, StoredQuery
 
 APP = REPO / "app" / "streamlit_app.py"
 CHECKPOINTS = {

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from lbsearch.app import live
 from test_app import build_library
 
+from lbsearch.app import live
 from lbsearch.library import Library
 from lbsearch.modalities import MODALITIES
-from lbsearch.search.engine import FileQuery
+from lbsearch.search.request import FileQuery
 
 ARTIFACTS = REPO / "test-artifacts"
 QUERY = "a bird on a wire"

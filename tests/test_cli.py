@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from lbsearch import Library
 from lbsearch.cli import app
-from lbsearch.search.engine import FileQuery, Filters, StoredQuery
+from lbsearch.search.request import FileQuery, Filters, StoredQuery
 
 runner = CliRunner()
 HIT_FIELDS = {"path", "item_id", "score", "start", "end", "parts"}

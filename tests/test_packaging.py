@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+
 from lbsearch.app.live import free_port
 
 pytestmark = pytest.mark.slow

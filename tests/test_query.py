@@ -24,7 +24,8 @@ from lbsearch import Library
 from lbsearch.errors import ConfigError, LbsearchError, MediaError, QueryError
 from lbsearch.ingest.pipeline import IngestOptions
 from lbsearch.models import Encoder, load_checkpoint
-from lbsearch.search.engine import FileQuery, Filters, Hit, StoredQuery
+from lbsearch.search.request import FileQuery, Filters, StoredQuery
+from lbsearch.search.results import Hit
 from lbsearch.search.templates import prompts_for, templates_for
 from lbsearch.storage.records import VectorInfo
 from lbsearch.toyworld import LIBRARY_PATHS, World, write_library

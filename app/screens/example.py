@@ -4,13 +4,13 @@ any other modality: the emergent X->Y search of LanguageBind made visible."""
 import math
 
 import streamlit as st
-from lbsearch.app import controls, state, views
-from lbsearch.app.uploads import upload_limit_mb
 
 from lbsearch import modalities
+from lbsearch.app import controls, state, views
+from lbsearch.app.uploads import upload_limit_mb
 from lbsearch.modalities import IMAGE_MODALITIES, MEDIA_EXTENSIONS
 from lbsearch.preprocess.probe import MediaInfo
-from lbsearch.search.engine import FileQuery, StoredQuery
+from lbsearch.search.request import FileQuery, StoredQuery
 
 UPLOAD = "A file from this computer"
 RANGE_STEP = 0.5

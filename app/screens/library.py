@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import streamlit as st
-from lbsearch.app import state
 
+from lbsearch.app import state
 from lbsearch.ingest.pipeline import IngestOptions, IngestProgress, IngestReport
 from lbsearch.modalities import IMAGE_MODALITIES
 from lbsearch.models.registry import MODEL_SETS, parse_model_options

@@ -1,6 +1,7 @@
 """Search: a sentence finds videos, sounds, photos, depth maps and thermal frames."""
 
 import streamlit as st
+
 from lbsearch.app import controls, state, views
 
 st.title("Search your media")

@@ -5,6 +5,7 @@ A model set names one checkpoint per modality. Entries are hub ids or folders; `
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from lbsearch.errors import ConfigError
@@ -23,7 +24,7 @@ RELEASED: dict[str, str] = {
     "LanguageBind/LanguageBind_Image": "image",
 }
 
-# The small checkpoint set trained on the synthetic toy world (committed; see docs/demo.md).
+# The small checkpoint set trained on the synthetic toy world (committed; see docs/training.md).
 DEMO_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo_models"
 
 MODEL_SETS: dict[str, dict[str, str]] = {
@@ -57,3 +58,12 @@ def parse_model_options(options: list[str]) -> dict[str, str]:
             )
         parsed[modality] = name
     return parsed
+
+
+def chosen_models(named: str | None, options: Sequence[str] = (), default: str | None = None) -> dict[str, str]:
+    """What ``--models NAME`` and ``--model MODALITY=CHECKPOINT`` say together: the named set (``default`` when
+    neither is given) with the single checkpoints laid over it."""
+    name = named or (None if options else default)
+    chosen = model_set(name) if name else {}
+    chosen.update(parse_model_options(list(options)))
+    return chosen
