@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -20,10 +21,14 @@ from lbsearch.preprocess import (
     VideoFrames,
     audio_tensor,
     cut_window,
+    depth_pixels,
     load_audio,
+    normalize_fbank,
     preprocessor_for,
     probe,
+    rgb_pixels,
     sample_indices,
+    still_tensor,
     video_tensor,
 )
 from lbsearch.preprocess import audio as audio_module
@@ -441,6 +446,40 @@ def test_depth_keeps_sixteen_bit_precision(tmp_path: Path) -> None:
     preprocess = preprocessor_for("depth")
     difference = (preprocess(far) - preprocess(near)).mean(dim=(1, 2))
     assert torch.allclose(difference, 1e-4 / torch.tensor([0.26862954, 0.26130258, 0.27577711]), rtol=1e-2)
+
+
+@pytest.mark.parametrize("max_depth", [10.0, 0.0])
+def test_batched_still_paths_equal_the_per_file_preprocessors(max_depth: float, tmp_path: Path) -> None:
+    # Training turns arrays into model inputs a batch at a time; each item must be what its file gives.
+    rng = np.random.default_rng(0)
+    settings = replace(PreprocessSettings.released(), image_size=(48, 48), max_depth=max_depth)
+    photos = rng.integers(0, 256, (3, 40, 64, 3), dtype=np.uint8)  # not square: the resize and crop both act
+    greys = rng.integers(0, 256, (3, 40, 64), dtype=np.uint8)
+    depths = rng.integers(1, 20000, (3, 40, 64)).astype(np.uint16)
+    batches = {
+        "image": (photos, rgb_pixels(torch.from_numpy(photos))),
+        "thermal": (greys, rgb_pixels(np.repeat(greys[..., None], 3, axis=-1))),
+        "depth": (depths, depth_pixels(torch.from_numpy(depths.astype(np.int32)), max_depth)),
+    }
+    for modality, (arrays, pixels) in batches.items():
+        paths = [tmp_path / f"{modality}{i}.png" for i in range(len(arrays))]
+        for path, array in zip(paths, arrays, strict=True):
+            Image.fromarray(array).save(path)
+        per_file = torch.stack([preprocessor_for(modality, settings)(path) for path in paths])
+        batched = still_tensor(pixels, settings.crop_size)
+        assert batched.shape == (3, 3, 48, 48), modality
+        assert torch.allclose(batched, per_file, atol=1e-6), (modality, float((batched - per_file).abs().max()))
+        assert not torch.allclose(batched[0], batched[1])
+
+
+def test_batched_fbank_normalisation_equals_the_per_clip_one() -> None:
+    settings = replace(PreprocessSettings.released(), num_mel_bins=32, target_length=64)
+    raw = replace(settings, audio_mean=0.0, audio_std=0.5)  # leaves the log-mel bank as it is
+    waves = [torch.from_numpy(tone(0.8, 16000, frequency)) for frequency in (220.0, 440.0, 1000.0)]
+    banks = torch.stack([audio_tensor(wave, 16000, raw) for wave in waves])
+    expected = torch.stack([audio_tensor(wave, 16000, settings) for wave in waves])
+    assert torch.allclose(normalize_fbank(banks, settings), expected, atol=1e-5)
+    assert torch.allclose(normalize_fbank(banks.half(), settings), expected, atol=1e-2)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -16,10 +16,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from lbsearch import modalities
-from lbsearch.preprocess.audio import AudioPreprocessor, audio_tensor, cut_window, load_audio, resample_waveform
-from lbsearch.preprocess.common import CLIP_MEAN, CLIP_STD, Preprocessor
-from lbsearch.preprocess.depth import DepthPreprocessor
-from lbsearch.preprocess.image import ImagePreprocessor, ThermalPreprocessor
+from lbsearch.preprocess.audio import (
+    AudioPreprocessor,
+    audio_tensor,
+    cut_window,
+    load_audio,
+    normalize_fbank,
+    resample_waveform,
+)
+from lbsearch.preprocess.common import CLIP_MEAN, CLIP_STD, Preprocessor, still_tensor
+from lbsearch.preprocess.depth import DepthPreprocessor, depth_pixels
+from lbsearch.preprocess.image import ImagePreprocessor, ThermalPreprocessor, rgb_pixels
 from lbsearch.preprocess.probe import MediaInfo, probe
 from lbsearch.preprocess.settings import PreprocessSettings
 from lbsearch.preprocess.video import VideoFrames, VideoPreprocessor, sample_indices, video_tensor
@@ -60,10 +67,14 @@ __all__ = [
     "VideoPreprocessor",
     "audio_tensor",
     "cut_window",
+    "depth_pixels",
     "load_audio",
+    "normalize_fbank",
     "preprocessor_for",
     "probe",
     "resample_waveform",
+    "rgb_pixels",
     "sample_indices",
+    "still_tensor",
     "video_tensor",
 ]

@@ -131,8 +131,13 @@ def audio_tensor(
         frame_length=_FRAME_LENGTH_MS,
         frame_shift=_FRAME_SHIFT_MS,
     )
-    chunks = _three_chunks(fbank, settings.target_length).transpose(1, 2)
-    return ((chunks - settings.audio_mean) / (2 * settings.audio_std)).contiguous()
+    return normalize_fbank(_three_chunks(fbank, settings.target_length).transpose(1, 2), settings)
+
+
+def normalize_fbank(bank: torch.Tensor, settings: PreprocessSettings) -> torch.Tensor:
+    """Log-mel chunks (``[3, M, L]``, or a batch of them) -> the model input: (x - mean) / (2 * std), the
+    official normalisation with the checkpoint's constants."""
+    return ((bank.float() - settings.audio_mean) / (2 * settings.audio_std)).contiguous()
 
 
 def _three_chunks(fbank: torch.Tensor, length: int) -> torch.Tensor:

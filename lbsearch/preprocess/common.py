@@ -48,6 +48,16 @@ def center_crop(pixels: torch.Tensor, size: int) -> torch.Tensor:
     return pixels[..., top : top + size, left : left + size]
 
 
+def still_tensor(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """Pixels in [0, 1], ``[3,H,W]`` or a batch ``[B,3,H,W]`` -> bicubic short-side resize to ``size``, centre
+    crop, CLIP normalisation: the still modalities' model input (a batch gives each item's own result)."""
+    # Tensor Resize with torchvision's current default antialias=True, as the official processors run today.
+    resized = tvf.resize(pixels, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+    # clip_normalize wants the channels first; in a batch they come second.
+    channels_first = center_crop(resized, size).movedim(-3, 0)
+    return clip_normalize(channels_first).movedim(0, -3).contiguous()
+
+
 def require_file(path: str | Path) -> Path:
     """The path as a Path, or MediaError when it is missing, not a regular file or empty."""
     path = Path(path)
@@ -130,11 +140,7 @@ class StillPreprocessor(Preprocessor):
     def __call__(self, path: str | Path, start: float | None = None, end: float | None = None) -> torch.Tensor:
         if start is not None or end is not None:
             raise ValueError(f"{self.modality} inputs have no time axis; got a window [{start}, {end}) for {path}")
-        pixels = self.load_pixels(require_file(path))
-        size = self.settings.crop_size
-        # Tensor Resize with torchvision's current default antialias=True, as the official processors run today.
-        resized = tvf.resize(pixels, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
-        return clip_normalize(center_crop(resized, size)).contiguous()
+        return still_tensor(self.load_pixels(require_file(path)), self.settings.crop_size)
 
     def load_pixels(self, path: Path) -> torch.Tensor:
         """The file as a float32 tensor [3,H,W]."""

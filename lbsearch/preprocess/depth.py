@@ -18,15 +18,19 @@ MIN_DEPTH_METRES = 0.01
 _DEPTH_MODES = {"L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 
 
-def depth_pixels(depth_mm: np.ndarray, max_depth: float) -> torch.Tensor:
-    """Depth in millimetres [H,W] -> [3,H,W]: metres clipped to [0.01, max_depth] / max_depth.
+def depth_pixels(depth_mm: np.ndarray | torch.Tensor, max_depth: float) -> torch.Tensor:
+    """Depth in millimetres, ``[H,W]`` or a batch ``[B,H,W]`` -> ``[3,H,W]`` / ``[B,3,H,W]``: metres clipped to
+    [0.01, max_depth] / max_depth.
 
-    ``max_depth`` 0 scales by the map's own maximum instead, as the official ``DepthNorm`` does.
+    ``max_depth`` 0 scales each map by its own maximum instead, as the official ``DepthNorm`` does.
     """
-    metres = torch.from_numpy(depth_mm.astype(np.float32)) / MILLIMETRES_PER_METRE
-    metres = metres.clamp(min=MIN_DEPTH_METRES)
-    scaled = metres.clamp(max=max_depth) / max_depth if max_depth > 0 else metres / metres.max()
-    return scaled.unsqueeze(0).repeat(3, 1, 1)
+    depth = depth_mm if isinstance(depth_mm, torch.Tensor) else torch.from_numpy(depth_mm.astype(np.float32))
+    metres = (depth.float() / MILLIMETRES_PER_METRE).clamp(min=MIN_DEPTH_METRES)
+    if max_depth > 0:
+        scaled = metres.clamp(max=max_depth) / max_depth
+    else:
+        scaled = metres / metres.amax(dim=(-2, -1), keepdim=True)
+    return scaled.unsqueeze(-3).expand(*scaled.shape[:-2], 3, *scaled.shape[-2:]).contiguous()
 
 
 @dataclass(frozen=True)

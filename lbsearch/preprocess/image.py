@@ -29,9 +29,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def rgb_pixels(image: Image.Image) -> torch.Tensor:
-    """8-bit RGB image -> float32 [3,H,W] in [0,1] (torchvision's ToTensor)."""
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float() / 255.0
+def rgb_pixels(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
+    """8-bit RGB, ``[H,W,3]`` (a PIL image) or a batch ``[B,H,W,3]`` -> float32 ``[3,H,W]`` / ``[B,3,H,W]`` in
+    [0,1] (torchvision's ToTensor)."""
+    pixels = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image, dtype=np.uint8))
+    return pixels.movedim(-1, -3).float() / 255.0
 
 
 @dataclass(frozen=True)

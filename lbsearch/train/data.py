@@ -15,22 +15,27 @@ import json
 import random
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as tvf
 
 from lbsearch.errors import ConfigError, LbsearchError, MediaError
 from lbsearch.models.config import ModelConfig, VisionConfig
 from lbsearch.models.encoder import Encoder
 from lbsearch.models.towers import TextTower, VisionTower
-from lbsearch.preprocess import PreprocessSettings, audio_tensor, preprocessor_for, video_tensor
-from lbsearch.preprocess.common import center_crop, clip_normalize
-from lbsearch.preprocess.depth import depth_pixels
+from lbsearch.preprocess import (
+    PreprocessSettings,
+    audio_tensor,
+    depth_pixels,
+    normalize_fbank,
+    preprocessor_for,
+    rgb_pixels,
+    still_tensor,
+    video_tensor,
+)
 from lbsearch.search.templates import TEMPLATES
 from lbsearch.toyworld import VISIBLE_ATTRIBUTES, RenderConfig, Scene, World, WorldSpec, render_modality
 
@@ -125,29 +130,22 @@ def raw_audio_settings(vision: VisionConfig | tuple[int, int], sample_rate: int)
     )
 
 
-def _still_tensor(pixels: torch.Tensor, size: int) -> torch.Tensor:
-    """``[B, 3, H, W]`` in [0, 1] -> the still preprocessors' bicubic resize, centre crop and CLIP normalisation."""
-    resized = tvf.resize(pixels, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
-    # clip_normalize wants channels first.
-    return clip_normalize(center_crop(resized, size).transpose(0, 1)).transpose(0, 1).contiguous()
-
-
 def model_inputs(modality: str, stored: torch.Tensor, vision: VisionConfig) -> torch.Tensor:
-    """Rendered arrays (as `ToyDataset` stores them) -> the batch of model inputs their files would give."""
+    """Rendered arrays (as `ToyDataset` stores them) -> the batch of model inputs their files would give, through
+    the preprocessors' own batched paths."""
     settings = PreprocessSettings.from_vision_config(vision)
     if modality == "image":
-        return _still_tensor(stored.permute(0, 3, 1, 2).float() / 255.0, settings.crop_size)
-    if modality == "thermal":
-        return _still_tensor(stored[:, None].expand(-1, 3, -1, -1).float() / 255.0, settings.crop_size)
+        return still_tensor(rgb_pixels(stored), settings.crop_size)
+    if modality == "thermal":  # a greyscale frame reads as RGB with three equal channels
+        return still_tensor(rgb_pixels(stored[..., None].expand(*stored.shape, 3)), settings.crop_size)
     if modality == "depth":
-        pixels = torch.stack([depth_pixels(depth, settings.max_depth) for depth in stored.numpy()])
-        return _still_tensor(pixels, settings.crop_size)
+        return still_tensor(depth_pixels(stored, settings.max_depth), settings.crop_size)
     if modality == "video":
         batch, frames = stored.shape[:2]
         video = video_tensor(stored.flatten(0, 1), settings)  # [3, B*T, S, S]
         return video.unflatten(1, (batch, frames)).transpose(0, 1).contiguous()
     if modality == "audio":
-        return (stored.float() - settings.audio_mean) / (2 * settings.audio_std)
+        return normalize_fbank(stored, settings)
     raise ConfigError(f"unknown modality {modality!r}")
 
 
@@ -165,6 +163,11 @@ def _render_batch(scenes: list[Scene], modalities: tuple[str, ...], render: Rend
     return {m: np.stack(arrays) for m, arrays in out.items()}
 
 
+# Model inputs of a whole modality are kept when they fit this many bytes (the toy preset's stills and audio
+# take 0.1-0.3 GB); larger ones (the toy preset's video, 2.4 GB) are preprocessed batch by batch.
+INPUT_CACHE_BYTES = 1 << 30
+
+
 @dataclass
 class ToyDataset:
     """Scenes of one split with their rendered media, kept compact (uint8 pixels, int32 depth, fp16 log-mel).
@@ -178,6 +181,8 @@ class ToyDataset:
     render: RenderConfig
     stored: dict[str, torch.Tensor]
     codes: torch.Tensor
+    # Model inputs by (modality, settings); None where they would not fit INPUT_CACHE_BYTES.
+    _inputs: dict[tuple[str, PreprocessSettings], torch.Tensor | None] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
@@ -227,9 +232,26 @@ class ToyDataset:
         return len(self.stored[modality])
 
     def inputs(self, modality: str, indices: torch.Tensor | Sequence[int], vision: VisionConfig) -> torch.Tensor:
-        """Model inputs of the given scenes."""
-        self.count(modality)
-        return model_inputs(modality, self.stored[modality][torch.as_tensor(indices)], vision)
+        """Model inputs of the given scenes, preprocessed once per modality and settings where they fit
+        `INPUT_CACHE_BYTES` (training asks for every scene many times over)."""
+        count = self.count(modality)
+        indices = torch.as_tensor(indices)
+        key = (modality, PreprocessSettings.from_vision_config(vision))
+        if key not in self._inputs:
+            first = model_inputs(modality, self.stored[modality][:1], vision)
+            fits = first.numel() * first.element_size() * count <= INPUT_CACHE_BYTES
+            self._inputs[key] = self._preprocess_all(modality, vision) if fits else None
+        cached = self._inputs[key]
+        if cached is None:
+            return model_inputs(modality, self.stored[modality][indices], vision)
+        return cached[indices]
+
+    def _preprocess_all(self, modality: str, vision: VisionConfig) -> torch.Tensor:
+        stored = self.stored[modality]
+        # In chunks: the float intermediates of a whole split at once would need several times the result.
+        chunk = 256
+        return torch.cat([model_inputs(modality, stored[start : start + chunk], vision)
+                          for start in range(0, len(stored), chunk)])
 
     def audio_stats(self) -> tuple[float, float]:
         """Mean and standard deviation of the unnormalised log-mel banks."""
