@@ -13,8 +13,17 @@ from lbsearch.models.config import TextConfig, VisionConfig
 from lbsearch.models.layers import Encoder, EncoderLayer
 
 
+def clip_init(table: nn.Embedding, std: float) -> None:
+    """CLIP's N(0, std^2) start for an embedding table (PyTorch's N(0, 1) default is far too large for them).
+
+    Scaling the default draw gives that distribution without drawing the (49408-row) token table twice.
+    """
+    with torch.no_grad():
+        table.weight.mul_(std)
+
+
 class PatchEmbeddings(nn.Module):
-    """Patches + CLS + learned positions.
+    """Patches + CLS + learned positions, initialised as CLIP's.
 
     ``vl``: a Conv2d per frame and one CLS embedding. ``vl_new`` (V1.5): a Conv3d over ``tube_size`` frames
     and one CLS embedding per tube, with the same position table added in every frame.
@@ -34,6 +43,7 @@ class PatchEmbeddings(nn.Module):
             self.patch_embedding = nn.Conv2d(config.num_channels, width, patch, stride=patch, bias=False)
             self.class_embedding = nn.Parameter(torch.randn(width) * width**-0.5)
         self.position_embedding = nn.Embedding(config.num_positions, width)
+        clip_init(self.position_embedding, width**-0.5)
 
     def forward(self, frames: torch.Tensor, num_frames: int) -> torch.Tensor:
         """``frames``: ``[B*T, C, H, W]`` -> tokens ``[B*T, 1 + patches, D]``."""
@@ -104,6 +114,8 @@ class TextEmbeddings(nn.Module):
         super().__init__()
         self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
         self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        clip_init(self.token_embedding, 0.02)
+        clip_init(self.position_embedding, 0.01)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.token_embedding(ids) + self.position_embedding.weight[: ids.shape[1]]

@@ -15,7 +15,6 @@ from an OpenCLIP start point (see docs/training.md).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,8 +30,8 @@ from lbsearch.models.towers import PatchEmbeddings, VisionTower
 from lbsearch.preprocess import PreprocessSettings
 from lbsearch.train.config import LoraSettings, Stage2Config
 from lbsearch.train.data import CaptionedFiles, ToyDataset, matching_pairs
+from lbsearch.train.loop import Logger, batch_indices, run_schedule
 from lbsearch.train.loss import LearnableTemperature, contrastive_loss
-from lbsearch.train.stage1 import Logger, batch_indices, learning_rate, make_optimizer, reset_embeddings
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # inputs, unit text embeddings, positives
 TEMPORAL_EMBEDDING_STD = 0.02
@@ -84,7 +83,6 @@ def start_tower(start: Encoder, config: ModelConfig, method: str, seed: int = 0)
     torch.manual_seed(seed)
     tower = VisionTower(config.vision, config.projection_dim)
     if method == "scratch":
-        reset_embeddings(tower, None)
         return tower
     if start.vision is None:
         raise ConfigError(f"{start.source}: the start encoder has no image tower to grow {config.modality} from")
@@ -177,24 +175,16 @@ def bind(
     handle = PatchMasking(config.mask_ratio).attach(tower)
     model = _trainable(tower, config).to(device)
     temperature = LearnableTemperature().to(device)
-    optimizer = make_optimizer([*model.named_parameters(), *temperature.named_parameters()], config.schedule)
-    model.train()
-    started = time.perf_counter()
-    for step in range(config.schedule.steps):
-        lr = learning_rate(step, config.schedule)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+
+    def batch_loss(logit_scale: torch.Tensor) -> torch.Tensor:
         inputs, text, positives = next(batches)
         media = model(inputs.to(device))
         positives = None if positives is None else positives.to(device)
-        loss = contrastive_loss(media, text.to(device), temperature(), positives)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if log is not None and (step % every == 0 or step == config.schedule.steps - 1):
-            log({"stage": 2, "modality": config.modality, "step": step, "loss": round(float(loss.detach()), 4),
-                 "lr": lr, "logit_scale": round(float(temperature().detach()), 3),
-                 "steps_per_s": round((step + 1) / (time.perf_counter() - started), 3)})
+        return contrastive_loss(media, text.to(device), logit_scale, positives)
+
+    model.train()
+    progress = {"stage": 2, "modality": config.modality}
+    run_schedule(config.schedule, model.named_parameters(), temperature, batch_loss, progress, log, every)
     handle.remove()
     merged = model.merge_and_unload() if config.method == "lora" else model
     logit_scale = float(temperature().detach())
