@@ -712,26 +712,11 @@ def train_files(
       lbsearch train files audiocaps.jsonl --modality audio --start open_clip:ViT-L-14:/models/clip.bin --out ./my_audio
       lbsearch train files scans.jsonl --modality depth --start LanguageBind/LanguageBind_Image --out ./my_depth
     """
-    import time
+    from lbsearch.train import recipe
 
-    from lbsearch.library import default_device
-    from lbsearch.models import save_checkpoint
-    from lbsearch.train import bind_files
-    from lbsearch.train.recipe import file_stage, load_start_point
-
-    if frames is not None and modality != "video":
-        fail("--frames is for --modality video", code=2)
-    if not manifest.is_file():
-        fail(f"{manifest}: no such training manifest")
-    stage = file_stage(modality, steps, batch_size, lr, warmup, method, lora_rank, lora_alpha, mask_ratio)
-    encoder = load_start_point(start)
-    started = time.perf_counter()
-    options = {} if frames is None else {"num_frames": frames}
-    bound = bind_files(encoder, str(manifest), stage, device=device or default_device(), workers=workers,
-                       log=log_record, **options)
-    save_checkpoint(bound, out, safetensors=True)
-    summary = {"out": str(out), "modality": modality, "start": start, "steps": steps,
-               "seconds": round(time.perf_counter() - started, 1), "logit_scale": bound.logit_scale}
+    stage = recipe.file_stage(modality, steps, batch_size, lr, warmup, method, lora_rank, lora_alpha, mask_ratio)
+    summary = recipe.train_files(manifest, stage, start, out, device=device, workers=workers, num_frames=frames,
+                                 log=log_record)
     if as_json:
         print_json(summary)
     else:

@@ -17,13 +17,15 @@ JSON-ready dict:
   against video alone.
 
 Scenes are embedded from in-memory renders by default, or from the files of a written library
-(``from_files=True``: MP4/WAV/PNG decoded by the same preprocessors ingestion uses).
+(``from_files=True``: MP4/WAV/PNG decoded by the same preprocessors ingestion uses). `ToyWorldEvaluation` keeps
+one world's splits to measure several model sets on (the ablations): each modality is rendered once, each
+encoder embeds once, and the language tower embeds the captions once per split.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,7 @@ BARS: dict[str, tuple[tuple[str, ...], float]] = {
     "zero-shot direction from video": (("zero_shot", "video", "direction"), 0.9),
     "text->video R@1": (("text_to_video", "R@1"), 0.5),
     "audio->video top hit has the shape": (("emergent", "audio->video", "R@1"), 0.8),
+    "joint video+audio->text >= video alone": (("joint", "gain_R@1"), 0.0),
 }
 
 
@@ -90,25 +93,53 @@ def split_scenes(world: World, split: str, count: int | None = None) -> list[Sce
     return world.scenes(split, count or combinations)
 
 
+def _render_for(modality: str, encoder: Encoder) -> tuple[RenderConfig, tuple[int, int] | None]:
+    """What a modality is rendered at for ``encoder``: its input size (and frames, for video), and for audio the
+    mel x time grid the log-mel banks are stored at."""
+    vision = encoder.config.vision
+    if modality == "audio":
+        return RenderConfig(), (vision.num_mel_bins, vision.target_length)
+    frames = vision.num_frames if modality == "video" else RenderConfig().num_frames
+    return RenderConfig(size=vision.image_size[0], num_frames=frames), None
+
+
+class RenderedSplit:
+    """The first scenes of one split, each modality rendered once per render setting and shared by every encoder
+    of that modality that embeds them."""
+
+    def __init__(self, world: World, scenes: Sequence[Scene]):
+        if not scenes:
+            raise ConfigError("a rendered split needs at least one scene")
+        first = world.scenes(scenes[0].split, len(scenes))
+        if [s.id for s in first] != [s.id for s in scenes]:
+            raise ConfigError("embed_arrays needs the first scenes of a split, in order")
+        self.world = world
+        self.scenes = list(scenes)
+        self._rendered: dict[tuple[str, RenderConfig, tuple[int, int] | None], ToyDataset] = {}
+
+    def data(self, modality: str, encoder: Encoder) -> ToyDataset:
+        """The scenes' ``modality`` as ``encoder`` reads it, rendered on first use."""
+        render, grid = _render_for(modality, encoder)
+        key = (modality, render, grid)
+        if key not in self._rendered:
+            self._rendered[key] = ToyDataset.build(self.world, self.scenes[0].split, {modality: len(self.scenes)},
+                                                   render, grid or (1, 1))
+        return self._rendered[key]
+
+    def embed(self, modality: str, encoder: Encoder, batch_size: int = 64) -> torch.Tensor:
+        data = self.data(modality, encoder)
+        count = len(self.scenes)
+        return torch.cat([encoder.encode(data.inputs(modality, range(start, min(start + batch_size, count)),
+                                                     encoder.config.vision))
+                          for start in range(0, count, batch_size)])
+
+
 def embed_arrays(encoders: Mapping[str, Encoder], scenes: Sequence[Scene], world: World,
                  batch_size: int = 64) -> dict[str, torch.Tensor]:
     """Embed in-memory renders of the scenes with every encoder."""
-    render = render_config_for(encoders)
-    audio = encoders.get("audio")
-    grid = (audio.config.vision.num_mel_bins, audio.config.vision.target_length) if audio else (1, 1)
-    split = scenes[0].split
-    dataset = ToyDataset.build(world, split, dict.fromkeys(encoders, len(scenes)), render, grid)
-    if [s.id for s in dataset.scenes] != [s.id for s in scenes]:
-        raise ConfigError("embed_arrays needs the first scenes of a split, in order")
-    out = {}
-    for modality, encoder in encoders.items():
-        chunks = [
-            encoder.encode(dataset.inputs(modality, range(start, min(start + batch_size, len(scenes))),
-                                          encoder.config.vision))
-            for start in range(0, len(scenes), batch_size)
-        ]
-        out[modality] = torch.cat(chunks)
-    return out
+    render_config_for(encoders)  # one input size for the whole set
+    split = RenderedSplit(world, scenes)
+    return {modality: split.embed(modality, encoder, batch_size) for modality, encoder in encoders.items()}
 
 
 def embed_files(encoders: Mapping[str, Encoder], scenes: Sequence[Scene], folder: str | Path,
@@ -124,25 +155,36 @@ def embed_files(encoders: Mapping[str, Encoder], scenes: Sequence[Scene], folder
     return out
 
 
-class ClassifierCache:
-    """Zero-shot classifiers, built once per language tower, template set and class list.
+class TextCache:
+    """What the language tower computes for an evaluation, computed once per tower: zero-shot classifiers (per
+    template set and class list) and caption embeddings.
 
-    One language tower serves every checkpoint of a set and both splits ask for the same classes, so most
-    requests repeat (image and thermal even share their templates).
+    One language tower serves every checkpoint of a set, both splits ask for the same classes, and every
+    modality's retrieval reads the same captions. Entries hold their tower, so its id is never reused.
     """
 
     def __init__(self) -> None:
-        self._built: dict[tuple, torch.Tensor] = {}
+        self._built: dict[tuple, tuple[Any, torch.Tensor]] = {}
 
-    def get(self, encoder: Encoder, modality: str, names: Sequence[str]) -> torch.Tensor:
-        key = (id(encoder.text), templates_for(modality), tuple(names))
+    def _get(self, encoder: Encoder, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        key = (id(encoder.text), *key)
         if key not in self._built:
-            self._built[key] = build_classifier(names, modality, encoder.encode_text)
-        return self._built[key]
+            self._built[key] = (encoder.text, compute())
+        return self._built[key][1]
+
+    def classifier(self, encoder: Encoder, modality: str, names: Sequence[str]) -> torch.Tensor:
+        templates = templates_for(modality)
+        return self._get(encoder, ("classifier", templates, tuple(names)),
+                         lambda: build_classifier(names, modality, encoder.encode_text))
+
+    def captions(self, encoder: Encoder, scenes: Sequence[Scene]) -> torch.Tensor:
+        """Every caption of every scene, in scene order, embedded."""
+        texts = tuple(caption for scene in scenes for caption in scene.captions)
+        return self._get(encoder, ("captions", texts), lambda: encoder.encode_text(list(texts)))
 
 
 def _zero_shot(encoders: Mapping[str, Encoder], embeddings: Mapping[str, torch.Tensor], scenes: Sequence[Scene],
-               spec: WorldSpec, classifiers: ClassifierCache) -> dict[str, dict[str, float]]:
+               spec: WorldSpec, text: TextCache) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     for modality, encoder in encoders.items():
         results[modality] = {}
@@ -152,26 +194,25 @@ def _zero_shot(encoders: Mapping[str, Encoder], embeddings: Mapping[str, torch.T
             options = list(spec.values[attribute])
             names = [class_name(task, SOUNDS[v] if task == "sound" else v) for v in options]
             labels = [options.index(s.attributes[attribute]) for s in scenes]
-            classifier = classifiers.get(encoder, modality, names)
+            classifier = text.classifier(encoder, modality, names)
             results[modality][task] = accuracy(embeddings[modality], classifier, labels, ks=(1,))[1]
     return results
 
 
-def _text_retrieval(encoder: Encoder, modality: str, items: torch.Tensor, scenes: Sequence[Scene]) -> dict[str, Any]:
-    captions = [caption for scene in scenes for caption in scene.captions]
+def _text_retrieval(modality: str, items: torch.Tensor, captions: torch.Tensor,
+                    scenes: Sequence[Scene]) -> dict[str, Any]:
     owners = np.repeat(np.arange(len(scenes)), [len(s.captions) for s in scenes])
-    sim = cosine_similarity(encoder.encode_text(captions), items)
-    both = multi_caption_retrieval_metrics(sim, owners)
+    both = multi_caption_retrieval_metrics(cosine_similarity(captions, items), owners)
     return {**both.text_to_item.to_dict(), "item_to_text": both.item_to_text.to_dict()}
 
 
-def _text_agreement(encoder: Encoder, modality: str, items: torch.Tensor, scenes: Sequence[Scene]) -> dict[str, Any]:
+def _text_agreement(modality: str, items: torch.Tensor, captions: torch.Tensor,
+                    scenes: Sequence[Scene]) -> dict[str, Any]:
     """Caption -> item where the item carries only some attributes: a hit agrees on those."""
     carried = [a for a in VISIBLE_ATTRIBUTES if a in CARRIED_BY[modality]]
     labels = [tuple(s.attributes[a] for a in carried) for s in scenes]
-    captions = [caption for scene in scenes for caption in scene.captions]
     caption_labels = [label for label, scene in zip(labels, scenes, strict=True) for _ in scene.captions]
-    sim = cosine_similarity(encoder.encode_text(captions), items)
+    sim = cosine_similarity(captions, items)
     return {**retrieval_metrics(sim, label_relevance(caption_labels, labels), ks=(1, 5)).to_dict(),
             "agree_on": carried}
 
@@ -189,8 +230,10 @@ def _emergent(embeddings: Mapping[str, torch.Tensor], scenes: Sequence[Scene]) -
     return results
 
 
-def _joint(encoder: Encoder, embeddings: Mapping[str, torch.Tensor], scenes: Sequence[Scene]) -> dict[str, Any]:
-    captions = encoder.encode_text([scene.caption for scene in scenes])
+def _joint(embeddings: Mapping[str, torch.Tensor], captions: torch.Tensor, scenes: Sequence[Scene]) -> dict[str, Any]:
+    """Each scene's first caption -> video alone and video+audio."""
+    first = np.cumsum([0, *(len(s.captions) for s in scenes[:-1])])
+    captions = captions[torch.as_tensor(first)]
     video, audio = embeddings["video"], embeddings["audio"]
     joint = np.stack([combine_query_parts([(v, 1.0), (a, 1.0)]) for v, a in zip(video, audio, strict=True)])
     alone = retrieval_metrics(cosine_similarity(video, captions))
@@ -200,18 +243,66 @@ def _joint(encoder: Encoder, embeddings: Mapping[str, torch.Tensor], scenes: Seq
 
 
 def evaluate_embeddings(encoders: Mapping[str, Encoder], embeddings: Mapping[str, torch.Tensor],
-                        scenes: Sequence[Scene], spec: WorldSpec,
-                        classifiers: ClassifierCache | None = None) -> dict[str, Any]:
+                        scenes: Sequence[Scene], spec: WorldSpec, text: TextCache | None = None) -> dict[str, Any]:
     """Every metric of one split from precomputed embeddings."""
-    zero_shot = _zero_shot(encoders, embeddings, scenes, spec, classifiers or ClassifierCache())
+    text = text or TextCache()
+    zero_shot = _zero_shot(encoders, embeddings, scenes, spec, text)
     results: dict[str, Any] = {"scenes": len(scenes), "zero_shot": zero_shot}
     for modality, encoder in encoders.items():
         measure = _text_retrieval if modality in ("video", "image") else _text_agreement
-        results[f"text_to_{modality}"] = measure(encoder, modality, embeddings[modality], scenes)
+        captions = text.captions(encoder, scenes)
+        results[f"text_to_{modality}"] = measure(modality, embeddings[modality], captions, scenes)
     results["emergent"] = _emergent(embeddings, scenes)
     if "video" in encoders and "audio" in encoders:
-        results["joint"] = _joint(encoders["video"], embeddings, scenes)
+        results["joint"] = _joint(embeddings, text.captions(encoders["video"], scenes), scenes)
     return results
+
+
+class ToyWorldEvaluation:
+    """A fresh toy world's test and held-out splits, rendered once and embedded once per encoder.
+
+    Several model sets measured on one evaluation (a checkpoint set, then each ablation of one modality) share
+    the renders, the embeddings of the encoders they have in common, and the language tower's work.
+    """
+
+    SPLITS = ("test", "heldout")
+
+    def __init__(self, seed: int, spec: WorldSpec | None = None, test_scenes: int | None = None,
+                 heldout_scenes: int | None = None):
+        self.seed = seed
+        self.world = World(seed, spec)
+        counts = dict(zip(self.SPLITS, (test_scenes, heldout_scenes), strict=True))
+        self.splits = {split: RenderedSplit(self.world, split_scenes(self.world, split, counts[split]))
+                       for split in self.SPLITS}
+        self.text = TextCache()
+        # (split, modality, id(encoder)) -> (the encoder, kept so its id stays its own; its embeddings)
+        self._embedded: dict[tuple[str, str, int], tuple[Encoder, torch.Tensor]] = {}
+
+    def embeddings(self, split: str, encoders: Mapping[str, Encoder]) -> dict[str, torch.Tensor]:
+        """Each encoder's embeddings of the split's scenes, from in-memory renders."""
+        render_config_for(encoders)  # one input size for the whole set
+        out = {}
+        for modality, encoder in encoders.items():
+            key = (split, modality, id(encoder))
+            if key not in self._embedded:
+                self._embedded[key] = (encoder, self.splits[split].embed(modality, encoder))
+            out[modality] = self._embedded[key][1]
+        return out
+
+    def evaluate(self, encoders: Mapping[str, Encoder], from_files: bool = False) -> dict[str, Any]:
+        """Every metric of both splits and the bars (see the module docstring); JSON-ready."""
+        if not encoders:
+            raise ConfigError("evaluate_toyworld needs at least one encoder")
+        results: dict[str, Any] = {"seed": self.seed, "source": "files" if from_files else "arrays"}
+        for split, rendered in self.splits.items():
+            if from_files:
+                with tempfile.TemporaryDirectory(prefix=f"lbsearch-eval-{split}-") as folder:
+                    embeddings = embed_files(encoders, rendered.scenes, folder)
+            else:
+                embeddings = self.embeddings(split, encoders)
+            results[split] = evaluate_embeddings(encoders, embeddings, rendered.scenes, self.world.spec, self.text)
+        results["bars"] = check_bars(results["test"])
+        return results
 
 
 def evaluate_toyworld(
@@ -223,21 +314,7 @@ def evaluate_toyworld(
     from_files: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a model set on a fresh toy world (see the module docstring); returns a JSON-ready dict."""
-    if not encoders:
-        raise ConfigError("evaluate_toyworld needs at least one encoder")
-    world = World(seed, spec)
-    results: dict[str, Any] = {"seed": seed, "source": "files" if from_files else "arrays"}
-    classifiers = ClassifierCache()
-    for split, count in (("test", test_scenes), ("heldout", heldout_scenes)):
-        scenes = split_scenes(world, split, count)
-        if from_files:
-            with tempfile.TemporaryDirectory(prefix=f"lbsearch-eval-{split}-") as folder:
-                embeddings = embed_files(encoders, scenes, folder)
-        else:
-            embeddings = embed_arrays(encoders, scenes, world)
-        results[split] = evaluate_embeddings(encoders, embeddings, scenes, world.spec, classifiers)
-    results["bars"] = check_bars(results["test"])
-    return results
+    return ToyWorldEvaluation(seed, spec, test_scenes, heldout_scenes).evaluate(encoders, from_files)
 
 
 def _lookup(results: Mapping[str, Any], path: Sequence[str]) -> float | None:
@@ -255,8 +332,4 @@ def check_bars(split_results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     for name, (path, threshold) in BARS.items():
         value = _lookup(split_results, path)
         bars[name] = {"value": value, "bar": threshold, "passed": None if value is None else value >= threshold}
-    joint = split_results.get("joint")
-    if joint is not None:
-        gain = joint["gain_R@1"]
-        bars["joint video+audio->text >= video alone"] = {"value": gain, "bar": 0.0, "passed": gain >= 0.0}
     return bars

@@ -5,8 +5,8 @@ stage 1, stage 2 per modality, save, evaluate.
     report = train_toy_set("test", Path("/tmp/demo"))   # the CI-sized run
     report = train_toy_set(ablations=("thermal",))      # also the LoRA/full/scratch and mask-ratio table
 
-and the pieces of ``lbsearch train files`` (stage 2 on real (file, caption) pairs with `bind_files`):
-`load_start_point` and `file_stage`.
+and ``lbsearch train files`` (`train_files`: stage 2 on real (file, caption) pairs with `bind_files`, from
+`load_start_point` with the settings of `file_stage`).
 
 Each modality is saved with `save_checkpoint` (official layout, LoRA merged) and its weights are then stored in
 float16 (`compact_checkpoint`): the language tower's 49408-row token table is repeated in every checkpoint, and
@@ -27,8 +27,9 @@ from typing import Any
 
 import torch
 
-from lbsearch.errors import ConfigError
-from lbsearch.eval.toyworld import ClassifierCache, evaluate_embeddings, evaluate_toyworld, split_scenes
+from lbsearch.errors import ConfigError, PathError
+from lbsearch.eval.toyworld import TextCache, ToyWorldEvaluation, evaluate_embeddings, split_scenes
+from lbsearch.library import default_device
 from lbsearch.models import Encoder, load_checkpoint, load_model_set, save_checkpoint
 from lbsearch.models.registry import DEMO_DIR
 from lbsearch.toyworld import World
@@ -42,8 +43,9 @@ from lbsearch.train.config import (
     preset,
 )
 from lbsearch.train.data import ToyDataset, load_open_clip
-from lbsearch.train.stage1 import Logger, train_stage1
-from lbsearch.train.stage2 import bind_toy
+from lbsearch.train.loop import Logger
+from lbsearch.train.stage1 import train_stage1
+from lbsearch.train.stage2 import bind_files, bind_toy
 
 # (method, mask ratio) of each ablation row; the configured setting's row reuses the demo run's encoder.
 ABLATIONS = (("lora", 0.3), ("full", 0.3), ("scratch", 0.3), ("lora", 0.0), ("lora", 0.5))
@@ -79,17 +81,19 @@ def stage1_probe(config: TrainConfig, eval_seed: int) -> Callable[[Encoder, int]
 
     def probe(image: Encoder, step: int) -> dict:
         embeddings = {"image": image.encode(data.inputs("image", range(len(scenes)), image.config.vision))}
-        # A fresh classifier cache: the language tower changes between probes.
-        results = evaluate_embeddings({"image": image}, embeddings, scenes, world.spec, ClassifierCache())
+        # A fresh text cache: the language tower changes between probes.
+        results = evaluate_embeddings({"image": image}, embeddings, scenes, world.spec, TextCache())
         return {"zero_shot": {k: round(v, 3) for k, v in results["zero_shot"]["image"].items()},
                 "text_to_image_R@1": round(results["text_to_image"]["R@1"], 3)}
 
     return probe
 
 
-def run_ablations(image: Encoder, data: ToyDataset, config: TrainConfig, modality: str, eval_seed: int,
-                  configured: tuple[Encoder, float], log: Logger | None = None) -> list[dict[str, Any]]:
-    """Stage 2 of one modality under each (method, mask ratio) of ABLATIONS, evaluated on the test split.
+def run_ablations(image: Encoder, data: ToyDataset, config: TrainConfig, modality: str,
+                  evaluation: ToyWorldEvaluation, configured: tuple[Encoder, float],
+                  log: Logger | None = None) -> list[dict[str, Any]]:
+    """Stage 2 of one modality under each (method, mask ratio) of ABLATIONS, evaluated on ``evaluation``'s splits
+    (rendered once, the image tower's embeddings reused by every row).
 
     ``configured``: the demo run's encoder of this modality and its training time, reused for its own row.
     """
@@ -103,7 +107,7 @@ def run_ablations(image: Encoder, data: ToyDataset, config: TrainConfig, modalit
             stage = replace(settings, method=method, mask_ratio=mask_ratio)
             encoder = bind_toy(image, data, stage, log=log, seed=config.seed)
             seconds = time.perf_counter() - started
-        results = evaluate_toyworld({"image": image, modality: encoder}, eval_seed, config.data.spec)
+        results = evaluation.evaluate({"image": image, modality: encoder})
         row = {"modality": modality, "method": method, "mask_ratio": mask_ratio, "train_s": round(seconds, 1),
                "zero_shot": results["test"]["zero_shot"][modality],
                "heldout_zero_shot": results["heldout"]["zero_shot"][modality]}
@@ -205,7 +209,8 @@ def _train(config: TrainConfig, out: Path, eval_seed: int, ablations: Sequence[s
         sizes[modality] = compact_checkpoint(out / modality)
     mark = time.perf_counter()
     loaded = load_model_set({m: out / m for m in encoders})
-    results = evaluate_toyworld(loaded, eval_seed, config.data.spec)
+    evaluation = ToyWorldEvaluation(eval_seed, config.data.spec)
+    results = evaluation.evaluate(loaded)
     timings["evaluate"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - started
 
@@ -220,7 +225,7 @@ def _train(config: TrainConfig, out: Path, eval_seed: int, ablations: Sequence[s
     rows = []
     for modality in ablations:
         configured = (encoders[modality], timings[f"stage2_{modality}"])
-        rows += run_ablations(image, data, config, modality, eval_seed, configured, log)
+        rows += run_ablations(image, data, config, modality, evaluation, configured, log)
     if rows:
         report["ablations"] = rows
     return report
@@ -264,3 +269,34 @@ def file_stage(
     schedule = Schedule(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=warmup)
     return Stage2Config(modality, schedule, method=method, lora=LoraSettings(rank=lora_rank, alpha=lora_alpha),
                         mask_ratio=mask_ratio, also_train=also_train)
+
+
+def train_files(
+    manifest: Path,
+    stage: Stage2Config,
+    start: str,
+    out: Path,
+    device: str | None = None,
+    workers: int = 4,
+    num_frames: int | None = None,
+    log: Logger | None = None,
+) -> dict[str, Any]:
+    """``lbsearch train files``: bind ``stage.modality`` on a JSONL manifest's (file, caption) pairs from the start
+    point ``start`` (see `load_start_point`) with ``stage`` (see `file_stage`), save the checkpoint to ``out`` and
+    return the JSON-ready summary. ``num_frames`` (video only) overrides the released 8 frames per clip.
+
+    The arguments are checked before the start point loads (a large download or file) and the training begins.
+    """
+    modality = stage.modality
+    if num_frames is not None and modality != "video":
+        raise ConfigError(f"a frame count ({num_frames}) is for binding video, not {modality}")
+    if not Path(manifest).is_file():
+        raise PathError(manifest, "no such training manifest")
+    encoder = load_start_point(start)
+    started = time.perf_counter()
+    options = {} if num_frames is None else {"num_frames": num_frames}
+    bound = bind_files(encoder, str(manifest), stage, device=device or default_device(), workers=workers, log=log,
+                       **options)
+    save_checkpoint(bound, out, safetensors=True)
+    return {"out": str(out), "modality": modality, "start": start, "steps": stage.schedule.steps,
+            "seconds": round(time.perf_counter() - started, 1), "logit_scale": bound.logit_scale}
