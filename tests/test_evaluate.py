@@ -25,6 +25,7 @@ from lbsearch.eval.benchmarks import (
 )
 from lbsearch.eval.toyworld import (
     ZERO_SHOT_TASKS,
+    ToyWorldEvaluation,
     check_bars,
     embed_arrays,
     embed_files,
@@ -34,7 +35,7 @@ from lbsearch.eval.toyworld import (
 )
 from lbsearch.models import Encoder, build_encoder
 from lbsearch.toyworld import CARRIED_BY, SOUNDS, LibraryLayout, World, WorldSpec, write_scene
-from lbsearch.train import modality_config, preset
+from lbsearch.train import ToyDataset, modality_config, preset
 
 CONFIG = preset("test")
 RENDER = CONFIG.data.render
@@ -113,6 +114,19 @@ def test_joint_query_helps_when_the_video_misses_the_shape(oracle):
     assert check_bars(results)["joint video+audio->text >= video alone"]["passed"]
 
 
+def test_captions_are_embedded_once_for_every_modality(oracle, monkeypatch):
+    bag, scenes, embeddings = oracle
+    asked: list[list[str]] = []
+    encode = bag.encode_text
+    monkeypatch.setattr(bag, "encode_text", lambda texts, batch_size=None: asked.append(list(texts)) or encode(texts))
+    results = evaluate_embeddings(dict.fromkeys(CARRIED_BY, bag), embeddings, scenes, SPEC)
+    captions = [caption for scene in scenes for caption in scene.captions]
+    assert asked.count(captions) == 1
+    # The joint query's captions (each scene's first) come from the same embeddings.
+    assert not any(set(texts) < set(captions) for texts in asked)
+    assert results["joint"]["video+audio"]["R@1"] == 1.0 and results["text_to_thermal"]["R@1"] == 1.0
+
+
 def _random_model_set() -> dict[str, Encoder]:
     torch.manual_seed(0)
     image = build_encoder(CONFIG.towers.image_config(RENDER.size))
@@ -147,6 +161,27 @@ def test_evaluate_toyworld_reports_both_splits_and_the_bars():
                                      "joint video+audio->text >= video alone"}
     # Random towers know nothing: the retrieval bar must fail.
     assert results["bars"]["text->video R@1"]["passed"] is False
+
+
+def test_a_second_model_set_reuses_the_rendered_and_embedded_splits(monkeypatch):
+    encoders = _random_model_set()
+    evaluation = ToyWorldEvaluation(seed=4, test_scenes=6, heldout_scenes=3)
+    evaluation.evaluate(encoders)
+    torch.manual_seed(1)
+    thermal = build_encoder(encoders["thermal"].config)
+    thermal.text = encoders["image"].text
+    ablation = {"image": encoders["image"], "thermal": thermal}  # an ablation row: same image tower, new thermal
+
+    builds, image_batches = [], []
+    build = ToyDataset.build
+    monkeypatch.setattr(ToyDataset, "build", lambda *a, **k: builds.append(a) or build(*a, **k))
+    encode = encoders["image"].encode
+    monkeypatch.setattr(encoders["image"], "encode", lambda x, **k: image_batches.append(x) or encode(x, **k))
+    results = evaluation.evaluate(ablation)
+    assert builds == [] and image_batches == []
+    monkeypatch.undo()
+    assert results == evaluate_toyworld(ablation, seed=4, test_scenes=6, heldout_scenes=3)
+    assert results["test"]["zero_shot"]["image"] == evaluation.evaluate(encoders)["test"]["zero_shot"]["image"]
 
 
 # ---------------------------------------------------------------------------------------------- benchmarks

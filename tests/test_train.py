@@ -196,6 +196,39 @@ def test_training_inputs_equal_what_the_files_give(tmp_path):
         assert float(difference.mean()) < tolerance, (modality, float(difference.mean()))
 
 
+def test_toy_inputs_are_preprocessed_once_and_equal_batch_by_batch(monkeypatch):
+    from lbsearch.train import data as data_module
+
+    image = _image_encoder()
+    data = ToyDataset.build(World(5), "train", dict.fromkeys(MODALITIES, 6), RENDER, GRID)
+    configs = {m: modality_config(image.config, m, num_frames=RENDER.num_frames, audio_grid=GRID,
+                                  audio_stats=data.audio_stats()).vision for m in MODALITIES}
+    first = {m: data.inputs(m, [4, 1, 3], configs[m]) for m in MODALITIES}
+    calls = []
+    preprocess = data_module.model_inputs
+    monkeypatch.setattr(data_module, "model_inputs", lambda *a: calls.append(a[0]) or preprocess(*a))
+    for modality in MODALITIES:
+        assert torch.equal(data.inputs(modality, [3, 4], configs[modality]), first[modality][[2, 0]]), modality
+    assert calls == []  # every step after the first reads the kept inputs
+    # Inputs too large to keep are preprocessed batch by batch, to the same values.
+    monkeypatch.setattr(data_module, "INPUT_CACHE_BYTES", 0)
+    uncached = ToyDataset(data.scenes, data.spec, data.render, data.stored, data.codes)
+    for modality in MODALITIES:
+        for _ in range(2):
+            assert torch.allclose(uncached.inputs(modality, [4, 1, 3], configs[modality]), first[modality],
+                                  atol=1e-6), modality
+    assert calls.count("video") == 1 + 2  # the size probe, then each request
+
+
+def test_towers_start_their_embedding_tables_as_clip():
+    encoder = _image_encoder()
+    text, vision = encoder.text.text_model.embeddings, encoder.vision.vision_model.embeddings
+    width = CONFIG.towers.width
+    for table, std in ((text.token_embedding.weight, 0.02), (text.position_embedding.weight, 0.01),
+                       (vision.position_embedding.weight, width**-0.5), (vision.class_embedding, width**-0.5)):
+        assert abs(float(table.std()) - std) < 0.15 * std, (tuple(table.shape), float(table.std()), std)
+
+
 def test_captioned_files_and_binding_from_a_manifest(tmp_path):
     scenes = World(2).scenes("train", 4)
     lines = []
@@ -246,6 +279,27 @@ def test_open_clip_weights_map_onto_languagebind_towers():
     assert torch.allclose(encoder.encode(pixels), expected_image, atol=1e-5)
     assert torch.allclose(encoder.encode_text(texts), expected_text, atol=1e-5)
     assert encoder.logit_scale == pytest.approx(float(model.logit_scale.detach()))
+
+
+@pytest.mark.parametrize(("vision", "text", "extra", "named"), [
+    ({"pool_type": "avg"}, {}, {}, "'avg' image pooling"),
+    ({"no_ln_pre": True}, {}, {}, "no LayerNorm before the vision transformer"),
+    ({"ls_init_value": 1e-4}, {}, {}, "LayerScale in the image blocks"),
+    ({}, {"pool_type": "last"}, {}, "'last' text pooling"),
+    ({}, {"no_causal_mask": True}, {}, "bidirectional language tower"),
+    ({}, {"proj_bias": True}, {}, "text projection that is missing or has a bias"),
+    ({}, {"vocab_size": 32000}, {}, "a tokenizer other than CLIP's"),
+    ({}, {}, {"init_logit_bias": -10.0}, "a logit bias"),
+])
+def test_open_clip_variants_the_towers_cannot_reproduce_are_refused(vision, text, extra, named):
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    model = CLIP(16, CLIPVisionCfg(**{"layers": 1, "width": 32, "head_width": 16, "patch_size": 8, "image_size": 32,
+                                      **vision}),
+                 CLIPTextCfg(**{"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1,
+                                **text}), **extra)
+    with pytest.raises(ConfigError, match=rf"^variant: this OpenCLIP model does not map .*{re.escape(named)}"):
+        encoder_from_open_clip(model, source="variant")
 
 
 # ---------------------------------------------------------------------------------------------- the CI-sized run

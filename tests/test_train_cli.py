@@ -173,6 +173,18 @@ def test_train_files_binds_from_a_manifest(toy_set, tmp_path):
                                 ("open_clip:ViT-B-32", "open_clip:MODEL_NAME:PRETRAINED")):
         changed = [start_spec if a == str(out / "image") else a for a in args]
         assert message in _error_line(runner.invoke(app, changed))
+    assert "is for binding video, not depth" in _error_line(runner.invoke(app, [*args, "--frames", "4"]))
+
+
+def test_train_toy_checks_a_saved_stage_one_before_rendering(toy_set, tmp_path):
+    out, _, _ = toy_set
+    # The test preset's image tower reads 32-pixel images; the toy preset renders 56-pixel scenes.
+    args = ["train", "toy", "--preset", "toy", "--stage1", str(out / "image"), "--bind", "thermal", "--out",
+            str(tmp_path / "set")]
+    error = _error_line(runner.invoke(app, args))
+    assert f"--stage1 {out / 'image'}" in error.replace("\n", "") and "32-pixel images" in error
+    assert "'toy' preset renders 56-pixel scenes" in error
+    assert not (tmp_path / "set").exists()
 
 
 def test_bad_options_are_one_clear_error(tmp_path, monkeypatch):

@@ -21,10 +21,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from lbsearch.errors import ConfigError, LbsearchError, MediaError
 from lbsearch.models.config import ModelConfig, VisionConfig
 from lbsearch.models.encoder import Encoder
+from lbsearch.models.tokenizer import CONTEXT_LENGTH, EOS_ID
 from lbsearch.models.towers import TextTower, VisionTower
 from lbsearch.preprocess import (
     PreprocessSettings,
@@ -374,14 +376,65 @@ def open_clip_state_to_languagebind(state: Mapping[str, torch.Tensor], vision_la
     return mapped
 
 
-def encoder_from_open_clip(model: torch.nn.Module, source: str = "open_clip") -> Encoder:
-    """An OpenCLIP ViT CLIP model (``open_clip.create_model_and_transforms(...)[0]``) as a LanguageBind image
-    encoder: the stage-1 start point for binding new modalities on real data."""
+def _block_differences(tower: str, blocks: Sequence[nn.Module]) -> list[str]:
+    found = []
+    if not all(isinstance(getattr(block, "attn", None), nn.MultiheadAttention) for block in blocks):
+        found.append(f"{tower} blocks with their own attention (qk-norm, cosine attention or head scaling)")
+    if not all(isinstance(getattr(block, name, None), nn.Identity) for block in blocks for name in ("ls_1", "ls_2")):
+        found.append(f"LayerScale in the {tower} blocks")
+    return found
+
+
+def open_clip_differences(model: nn.Module) -> list[str]:
+    """What an OpenCLIP model computes that LanguageBind towers cannot (empty when it maps exactly).
+
+    Each of these would change the embeddings silently if its weights were copied over regardless.
+    """
     visual = getattr(model, "visual", None)
     if visual is None or not hasattr(visual, "conv1") or not hasattr(visual, "transformer"):
-        raise ConfigError(f"{source}: only OpenCLIP ViT models (conv1 + transformer) map onto LanguageBind towers")
-    if getattr(visual, "attn_pool", None) is not None or type(visual.ln_pre).__name__ == "Identity":
-        raise ConfigError(f"{source}: attention pooling / no pre-LayerNorm have no LanguageBind equivalent")
+        return ["a vision tower other than OpenCLIP's ViT (conv1 + transformer)"]
+    if not all(hasattr(model, name) for name in ("transformer", "token_embedding", "ln_final", "text_projection")):
+        return ["a language tower other than OpenCLIP's own transformer (a Hugging Face text model, say)"]
+    found = []
+    if getattr(visual, "attn_pool", None) is not None:
+        found.append("attention pooling")
+    if isinstance(visual.ln_pre, nn.Identity):
+        found.append("no LayerNorm before the vision transformer")
+    if getattr(visual, "pool_type", "tok") != "tok":
+        found.append(f"{visual.pool_type!r} image pooling (LanguageBind reads the class token)")
+    if getattr(visual, "proj", None) is None:
+        found.append("no image projection")
+    if len({*_pair(visual.image_size)}) != 1 or len({*_pair(visual.conv1.kernel_size)}) != 1:
+        found.append("non-square images or patches")
+    if getattr(model, "text_pool_type", "argmax") != "argmax":
+        found.append(f"{model.text_pool_type!r} text pooling (LanguageBind reads the end-of-text token)")
+    if getattr(model, "attn_mask", None) is None:
+        found.append("a bidirectional language tower (LanguageBind's is causal)")
+    projection = model.text_projection
+    if projection is None or (isinstance(projection, nn.Linear) and projection.bias is not None):
+        found.append("a text projection that is missing or has a bias")
+    if getattr(model, "logit_bias", None) is not None:
+        found.append("a logit bias (a sigmoid-loss model such as SigLIP)")
+    # Queries are tokenised with CLIP's BPE: 49408 tokens, end-of-text last, 77 positions.
+    if model.token_embedding.num_embeddings != EOS_ID + 1 or model.positional_embedding.shape[0] != CONTEXT_LENGTH:
+        found.append("a tokenizer other than CLIP's (vocabulary or context length)")
+    return found + _block_differences("image", visual.transformer.resblocks) + _block_differences(
+        "text", model.transformer.resblocks)
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, Sequence) else (value, value)
+
+
+def encoder_from_open_clip(model: torch.nn.Module, source: str = "open_clip") -> Encoder:
+    """An OpenCLIP ViT CLIP model (``open_clip.create_model_and_transforms(...)[0]``) as a LanguageBind image
+    encoder: the stage-1 start point for binding new modalities on real data. A variant the towers cannot
+    reproduce (`open_clip_differences`) is a `ConfigError` naming what differs."""
+    differences = open_clip_differences(model)
+    if differences:
+        raise ConfigError(f"{source}: this OpenCLIP model does not map onto LanguageBind towers: "
+                          + "; ".join(differences))
+    visual = model.visual
     blocks, text_blocks = visual.transformer.resblocks, model.transformer.resblocks
     image_size = visual.image_size if isinstance(visual.image_size, tuple) else (visual.image_size,) * 2
     raw = {

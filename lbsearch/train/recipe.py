@@ -175,10 +175,16 @@ def train_toy_set(
     return {"command": command, **report}
 
 
-def _stage1_checkpoint(folder: Path) -> Encoder:
+def _stage1_checkpoint(folder: Path, config: TrainConfig) -> Encoder:
+    """A saved stage 1 to bind against: an image checkpoint with its language tower, whose input size is the
+    preset's render size (stage 2 trains on the preset's renders, and evaluation renders at the towers' size)."""
     image = load_checkpoint(folder)
     if image.modality != "image" or image.text is None:
         raise ConfigError(f"--stage1 {folder}: need an image checkpoint with its language tower, got {image.modality}")
+    size, render = image.config.vision.image_size[0], config.data.render.size
+    if size != render:
+        raise ConfigError(f"--stage1 {folder}: its image tower reads {size}-pixel images, but the "
+                          f"{config.name!r} preset renders {render}-pixel scenes")
     return image
 
 
@@ -187,7 +193,7 @@ def _train(config: TrainConfig, out: Path, eval_seed: int, ablations: Sequence[s
     timings: dict[str, float] = {}
     started = time.perf_counter()
     # A saved stage 1 is checked before minutes of rendering.
-    given = _stage1_checkpoint(stage1) if stage1 is not None else None
+    given = _stage1_checkpoint(stage1, config) if stage1 is not None else None
     data = build_training_data(config, (*(() if given else ("image",)), *bind))
     timings["generate"] = time.perf_counter() - started
     if given is None:
