@@ -712,11 +712,12 @@ def train_files(
       lbsearch train files audiocaps.jsonl --modality audio --start open_clip:ViT-L-14:/models/clip.bin --out ./my_audio
       lbsearch train files scans.jsonl --modality depth --start LanguageBind/LanguageBind_Image --out ./my_depth
     """
+    from lbsearch.library import default_device
     from lbsearch.train import recipe
 
     stage = recipe.file_stage(modality, steps, batch_size, lr, warmup, method, lora_rank, lora_alpha, mask_ratio)
-    summary = recipe.train_files(manifest, stage, start, out, device=device, workers=workers, num_frames=frames,
-                                 log=log_record)
+    summary = recipe.train_files(manifest, stage, start, out, device=device or default_device(), workers=workers,
+                                 num_frames=frames, log=log_record)
     if as_json:
         print_json(summary)
     else:

@@ -29,7 +29,6 @@ import torch
 
 from lbsearch.errors import ConfigError, PathError
 from lbsearch.eval.toyworld import TextCache, ToyWorldEvaluation, evaluate_embeddings, split_scenes
-from lbsearch.library import default_device
 from lbsearch.models import Encoder, load_checkpoint, load_model_set, save_checkpoint
 from lbsearch.models.registry import DEMO_DIR
 from lbsearch.toyworld import World
@@ -282,7 +281,7 @@ def train_files(
     stage: Stage2Config,
     start: str,
     out: Path,
-    device: str | None = None,
+    device: str | torch.device = "cuda",
     workers: int = 4,
     num_frames: int | None = None,
     log: Logger | None = None,
@@ -301,8 +300,7 @@ def train_files(
     encoder = load_start_point(start)
     started = time.perf_counter()
     options = {} if num_frames is None else {"num_frames": num_frames}
-    bound = bind_files(encoder, str(manifest), stage, device=device or default_device(), workers=workers, log=log,
-                       **options)
+    bound = bind_files(encoder, str(manifest), stage, device=device, workers=workers, log=log, **options)
     save_checkpoint(bound, out, safetensors=True)
     return {"out": str(out), "modality": modality, "start": start, "steps": stage.schedule.steps,
             "seconds": round(time.perf_counter() - started, 1), "logit_scale": bound.logit_scale}
