@@ -298,9 +298,14 @@ class CaptionedFiles(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str] | MediaError:
+        """The file's model input and caption, or the `MediaError` that decoding it raised: returned, not raised,
+        so that it crosses from a DataLoader worker as itself (torch re-raises a worker's exception as text)."""
         path, caption = self.items[index]
-        return self.preprocess(path), caption
+        try:
+            return self.preprocess(path), caption
+        except MediaError as exc:
+            return exc
 
     def check_files(self) -> None:
         """Fail early, naming the file, when a listed file is missing (decoding errors surface as MediaError)."""

@@ -227,21 +227,22 @@ def file_batches(files: CaptionedFiles, start: Encoder, batch_size: int, workers
         raise ConfigError(f"{files.manifest}: {len(files)} files cannot fill one batch of {batch_size}")
     generator = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(files, batch_size=batch_size, shuffle=True, drop_last=True,
-                                         num_workers=workers, generator=generator)
+                                         num_workers=workers, generator=generator, collate_fn=_collate)
     while True:
-        try:
-            for inputs, captions in loader:
-                captions = list(captions)
-                numbering: dict[str, int] = {}
-                codes = torch.tensor([[numbering.setdefault(caption, len(numbering))] for caption in captions])
-                yield inputs, start.encode_text(captions), matching_pairs(codes)
-        except RuntimeError as exc:
-            # A loader worker's MediaError comes back as a RuntimeError carrying its traceback text.
-            reason = str(exc).strip().splitlines()[-1]
-            if "MediaError: " not in reason:
-                raise
-            cause = reason.split("MediaError: ", 1)[1]
-            raise MediaError(files.manifest, f"a listed file cannot be used: {cause}") from exc
+        for batch in loader:
+            if isinstance(batch, MediaError):
+                raise MediaError(files.manifest, f"a listed file cannot be used: {batch}")
+            inputs, captions = batch
+            captions = list(captions)
+            numbering: dict[str, int] = {}
+            codes = torch.tensor([[numbering.setdefault(caption, len(numbering))] for caption in captions])
+            yield inputs, start.encode_text(captions), matching_pairs(codes)
+
+
+def _collate(samples: list) -> Any:
+    """A batch of samples, or the first sample's `MediaError` when one failed (it pickles as itself)."""
+    failed = next((sample for sample in samples if isinstance(sample, MediaError)), None)
+    return failed if failed is not None else torch.utils.data.default_collate(samples)
 
 
 def bind_files(
