@@ -1,4 +1,12 @@
-"""Shared test fixtures: where the project's shared fixtures (`../shared`) live, skipping when absent."""
+"""Shared test fixtures.
+
+Tests that need *a* checkpoint use `tiny_checkpoints` (made here, in the released layout); tests that need media
+write it or render the toy world. Only parity tests (against what the official code computed) and tests of the
+real sample files read the project's shared fixtures (``../shared``, or ``$LBSEARCH_SHARED``), and only through
+the `golden` and `media` fixtures, which skip with the reason when the folder is absent. Every test that uses one
+of them is marked ``needs_shared``, so ``-m "not needs_shared"`` runs what any clone runs, and
+tests/test_self_contained.py bounds how much of the suite that leaves out.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +14,12 @@ import os
 from pathlib import Path
 
 import pytest
+from sample_media import write_samples
+from tiny_checkpoints import write_all
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LBSEARCH_SHARED", REPO.parent / "shared"))
-GOLDEN = SHARED / "golden"
-MEDIA = SHARED / "media"
+SHARED_FIXTURES = ("golden", "media")
 
 
 def _require(path: Path) -> Path:
@@ -21,9 +30,29 @@ def _require(path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def golden() -> Path:
-    return _require(GOLDEN)
+    """What the official LanguageBind code computed (parity data), with its tiny checkpoints."""
+    return _require(SHARED / "golden")
 
 
 @pytest.fixture(scope="session")
 def media() -> Path:
-    return _require(MEDIA)
+    """The real sample files of ``../shared/media``."""
+    return _require(SHARED / "media")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with every tiny released-layout checkpoint of `tiny_checkpoints.LAYOUTS`, one subfolder each."""
+    return write_all(tmp_path_factory.mktemp("checkpoints"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if set(SHARED_FIXTURES) & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.needs_shared)
+
+
+@pytest.fixture(scope="session")
+def sample_media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Files like those of ``../shared/media`` (same names and layout), written here: see `sample_media`."""
+    return write_samples(tmp_path_factory.mktemp("sample_media"))

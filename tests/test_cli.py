@@ -38,10 +38,11 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory, golden: Path) -> Setup:
+def setup(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoints: Path) -> Setup:
     media = tmp_path_factory.mktemp("media")
     facts = write_media(media)
-    model_options = [option for m, p in checkpoint_paths(golden).items() for option in ("--model", f"{m}={p}")]
+    checkpoints = checkpoint_paths(tiny_checkpoints)
+    model_options = [option for m, p in checkpoints.items() for option in ("--model", f"{m}={p}")]
     index = tmp_path_factory.mktemp("index")
     result = runner.invoke(
         app, ["index", str(media), "--index", str(index), "--workers", "0", "--json", *model_options]

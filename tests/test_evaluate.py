@@ -188,7 +188,7 @@ def test_a_second_model_set_reuses_the_rendered_and_embedded_splits(monkeypatch)
 
 
 @pytest.fixture(scope="module")
-def media(tmp_path_factory):
+def benchmark_media(tmp_path_factory):
     """A few real files per modality, written by the toy world."""
     root = tmp_path_factory.mktemp("media")
     scenes = World(9).scenes("test", 3)
@@ -203,12 +203,12 @@ def _caption_top_hit_rate(encoder: Encoder, dataset) -> float:
     return float(((texts @ items.T).argmax(1) == torch.tensor(dataset.caption_items)).float().mean())
 
 
-def test_msrvtt_and_msvd_layouts(media, tmp_path):
+def test_msrvtt_and_msvd_layouts(benchmark_media, tmp_path):
     (tmp_path / "msrvtt" / "videos" / "all").mkdir(parents=True)
     with (tmp_path / "msrvtt" / "MSRVTT_JSFUSION_test.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["key", "vid_key", "video_id", "sentence"])
-        for i, path in enumerate(media["video"]):
+        for i, path in enumerate(benchmark_media["video"]):
             shutil.copy(path, tmp_path / "msrvtt" / "videos" / "all" / f"video{i}.mp4")
             writer.writerow([f"ret{i}", f"msr{i}", f"video{i}", f"caption number {i}"])
     dataset = msrvtt_1ka(tmp_path / "msrvtt")
@@ -221,7 +221,7 @@ def test_msrvtt_and_msvd_layouts(media, tmp_path):
 
     folder = tmp_path / "msvd"
     (folder / "YouTubeClips").mkdir(parents=True)
-    for i, path in enumerate(media["video"][:2]):
+    for i, path in enumerate(benchmark_media["video"][:2]):
         shutil.copy(path, folder / "YouTubeClips" / f"clip{i}.mp4")
     (folder / "test_list.txt").write_text("clip0\nclip1\n")
     captions = {"clip0": [["a", "dog"], ["a", "cat"]], "clip1": [["x"], ["y"], ["z"]], "other": [["q"]]}
@@ -237,7 +237,7 @@ def test_msrvtt_and_msvd_layouts(media, tmp_path):
         msvd(folder)
 
 
-def test_audio_layouts(media, tmp_path):
+def test_audio_layouts(benchmark_media, tmp_path):
     folder = tmp_path / "esc50"
     (folder / "meta").mkdir(parents=True)
     (folder / "audio").mkdir()
@@ -245,7 +245,7 @@ def test_audio_layouts(media, tmp_path):
     with (folder / "meta" / "esc50.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])
-        for (name, fold, target, category), path in zip(rows, media["audio"], strict=True):
+        for (name, fold, target, category), path in zip(rows, benchmark_media["audio"], strict=True):
             shutil.copy(path, folder / "audio" / name)
             writer.writerow([name, fold, target, category, "False", "x", "A"])
     dataset = esc50(folder)
@@ -260,7 +260,7 @@ def test_audio_layouts(media, tmp_path):
     with (folder / "clotho_captions_evaluation.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file_name", *(f"caption_{i}" for i in range(1, 6))])
-        for i, path in enumerate(media["audio"][:2]):
+        for i, path in enumerate(benchmark_media["audio"][:2]):
             shutil.copy(path, folder / "evaluation" / f"sound {i}.wav")
             writer.writerow([f"sound {i}.wav", *(f"sound {i} caption {c}" for c in range(5))])
     dataset = clotho(folder)
@@ -270,11 +270,11 @@ def test_audio_layouts(media, tmp_path):
     assert result["text_to_item"]["R@1"] == pytest.approx(_caption_top_hit_rate(encoder, dataset))
 
 
-def test_class_folder_layouts_and_errors(media, tmp_path):
+def test_class_folder_layouts_and_errors(benchmark_media, tmp_path):
     for name, modality in (("nyud", "depth"), ("llvip", "thermal")):
         folder = tmp_path / name
         classes = ("dining_room", "office") if name == "nyud" else ("background", "people")
-        for index, path in enumerate(media[modality]):
+        for index, path in enumerate(benchmark_media[modality]):
             target = folder / classes[index % 2]
             target.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, target / path.name)

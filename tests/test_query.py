@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile
+from PIL import Image
 
 from lbsearch import Library
 from lbsearch.errors import ConfigError, LbsearchError, MediaError, QueryError
@@ -60,8 +61,8 @@ class MediaFacts:
     dated: bool
 
 
-def checkpoint_paths(golden: Path) -> dict[str, str]:
-    return {modality: str(golden / "checkpoints" / name) for modality, name in CHECKPOINTS.items()}
+def checkpoint_paths(tiny_checkpoints: Path) -> dict[str, str]:
+    return {modality: str(tiny_checkpoints / name) for modality, name in CHECKPOINTS.items()}
 
 
 def write_media(root: Path) -> dict[str, MediaFacts]:
@@ -119,8 +120,8 @@ def build_library(folder: Path, media_root: Path, checkpoints: dict[str, str]) -
 
 
 @pytest.fixture(scope="module")
-def checkpoints(golden: Path) -> dict[str, str]:
-    return checkpoint_paths(golden)
+def checkpoints(tiny_checkpoints: Path) -> dict[str, str]:
+    return checkpoint_paths(tiny_checkpoints)
 
 
 @pytest.fixture(scope="module")
@@ -460,15 +461,29 @@ def test_a_library_file_on_disk_finds_itself_first(
     assert hits[0].score == pytest.approx(1.0, abs=1e-4)
 
 
-def test_audio_to_video_ranks_videos_by_the_sound(lib: Library, encoders: dict, media: Path) -> None:
-    sound = media / "audio" / "0.wav"  # a real recording, not in the library
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A recording and a thermal frame that are not in the library: a 10.2 s mono WAV (one window and a bit) and a
+    3-channel JPEG of another size than the library's frames."""
+    folder = tmp_path_factory.mktemp("outside")
+    rng = np.random.default_rng(3)
+    seconds = np.arange(int(10.2 * SAMPLE_RATE)) / SAMPLE_RATE
+    sound = 0.2 * np.sin(2 * np.pi * 440 * seconds) + 0.05 * rng.standard_normal(seconds.size)
+    soundfile.write(folder / "recording.wav", sound.astype(np.float32), SAMPLE_RATE)
+    heat = np.repeat(rng.integers(0, 256, (60, 80, 1), dtype=np.uint8), 3, axis=2)
+    Image.fromarray(heat).save(folder / "thermal.jpg")
+    return folder
+
+
+def test_audio_to_video_ranks_videos_by_the_sound(lib: Library, encoders: dict, outside: Path) -> None:
+    sound = outside / "recording.wav"
     hits = lib.search(like=str(sound), modalities=["video"], k=100)
     expected = ranking(best_per_group(stored(lib, "video"), file_embedding(encoders, "audio", sound), by_file))
     assert_file_ranking(hits, expected)
 
 
-def test_thermal_to_image_embeds_the_query_as_thermal(lib: Library, encoders: dict, media: Path) -> None:
-    frame = media / "thermal" / "0.jpg"  # a real thermal frame, not in the library
+def test_thermal_to_image_embeds_the_query_as_thermal(lib: Library, encoders: dict, outside: Path) -> None:
+    frame = outside / "thermal.jpg"
     hits = lib.search(like=FileQuery(str(frame), as_modality="thermal"), modalities=["image"], k=100)
     as_thermal = file_embedding(encoders, "thermal", frame)
     assert_file_ranking(hits, ranking(best_per_group(stored(lib, "image"), as_thermal, by_file)))

@@ -28,12 +28,12 @@ def _cases() -> list:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory, golden: Path) -> Path:
+def workdir(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoints: Path) -> Path:
     folder = tmp_path_factory.mktemp("readme")
     media = folder / "media"
     media.mkdir()
     write_media(media)
-    build_library(folder / "indexes", media, checkpoint_paths(golden)).close()
+    build_library(folder / "indexes", media, checkpoint_paths(tiny_checkpoints)).close()
     return folder
 
 
