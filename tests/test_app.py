@@ -1,9 +1,9 @@
 """The Streamlit UI, page by page and widget by widget, through Streamlit's AppTest against a small library.
 
-The library holds two files of each modality from the shared media (renamed so every name is unique) and one
-broken video, indexed with the tiny random-weight golden checkpoints. Random weights make text rankings
-arbitrary but deterministic, so every expected ranking is computed here through the Python API; a file searched
-like itself must come first (cosine 1).
+The library holds two files of each modality of the sample media (tests/sample_media.py, renamed so every name is
+unique) and one broken video, indexed with the tiny random-weight checkpoints (tests/tiny_checkpoints.py). Random
+weights make text rankings arbitrary but deterministic, so every expected ranking is computed here through the
+Python API; a file searched like itself must come first (cosine 1).
 """
 
 from __future__ import annotations
@@ -47,33 +47,33 @@ TITLE = re.compile(r"^\*\*(\d+)\. (.+)\*\*$")
 SECTION = re.compile(r"^(.+) \((\d+)\)$")
 
 
-def model_set(golden: Path) -> dict[str, str]:
-    return {modality: str(golden / "checkpoints" / name) for modality, name in CHECKPOINTS.items()}
+def model_set(tiny_checkpoints: Path) -> dict[str, str]:
+    return {modality: str(tiny_checkpoints / name) for modality, name in CHECKPOINTS.items()}
 
 
-def copy_media(media: Path, target: Path) -> Path:
+def copy_media(samples: Path, target: Path) -> Path:
     """Two files per modality, each in a folder named after its modality, as "<modality>_<name>"."""
     for modality, names in MEDIA_FILES.items():
         (target / modality).mkdir(parents=True, exist_ok=True)
         for name in names:
-            shutil.copy(media / modality / name, target / modality / f"{modality}_{name}")
+            shutil.copy(samples / modality / name, target / modality / f"{modality}_{name}")
     return target
 
 
-def build_library(golden: Path, media: Path, root: Path) -> tuple[Path, Path]:
+def build_library(tiny_checkpoints: Path, sample_media: Path, root: Path) -> tuple[Path, Path]:
     """An indexed library under ``root``: (index folder, media folder)."""
-    folder = copy_media(media, root / "media")
+    folder = copy_media(sample_media, root / "media")
     (folder / "video" / "broken.mp4").write_bytes(b"this is not a video")
     index = root / "index"
     with Library.open(index) as lib:
-        lib.use_models(model_set(golden))
+        lib.use_models(model_set(tiny_checkpoints))
         lib.add(folder, options=IngestOptions(workers=0))
     return index, folder
 
 
 @pytest.fixture(scope="module")
-def indexed(golden: Path, media: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return build_library(golden, media, tmp_path_factory.mktemp("library"))
+def indexed(tiny_checkpoints: Path, sample_media: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return build_library(tiny_checkpoints, sample_media, tmp_path_factory.mktemp("library"))
 
 
 @pytest.fixture(scope="module")
@@ -232,10 +232,10 @@ def upload(at: AppTest, path: Path, name: str | None = None) -> AppTest:
     return at
 
 
-def test_upload_audio_searches_video_and_finds_itself_in_audio(indexed, lib, media, monkeypatch):
+def test_upload_audio_searches_video_and_finds_itself_in_audio(indexed, lib, sample_media, monkeypatch):
     at = app_on(indexed[0], monkeypatch, state.EXAMPLE_PAGE)
     at.pills(key="example-modalities").set_value(["audio", "video"])
-    upload(at, media / "audio" / "1.wav")
+    upload(at, sample_media / "audio" / "1.wav")
     assert not at.exception and not at.error, [e.value for e in at.error]
     found = sections(at)
     assert found["audio"][0] == "audio_1.wav"
@@ -251,10 +251,10 @@ def uploads_folder() -> Path:
     return state.current().uploads.path
 
 
-def test_uploaded_image_can_be_a_depth_map(indexed, lib, media, monkeypatch):
+def test_uploaded_image_can_be_a_depth_map(indexed, lib, sample_media, monkeypatch):
     at = app_on(indexed[0], monkeypatch, state.EXAMPLE_PAGE)
     at.pills(key="example-modalities").set_value(["depth", "image"])
-    upload(at, media / "depth" / "0.png", "scene.png")
+    upload(at, sample_media / "depth" / "0.png", "scene.png")
     assert at.radio(key="example-upload-kind").value == "image"
     at.radio(key="example-upload-kind").set_value("depth").run()
     found = sections(at)
@@ -263,7 +263,7 @@ def test_uploaded_image_can_be_a_depth_map(indexed, lib, media, monkeypatch):
     assert found["image"] == names(lib.search(like=FileQuery(str(saved), as_modality="depth"), modalities=["image"]))
 
 
-def test_bad_uploads_show_a_message(indexed, media, monkeypatch):
+def test_bad_uploads_show_a_message(indexed, sample_media, monkeypatch):
     at = app_on(indexed[0], monkeypatch, state.EXAMPLE_PAGE)
     at.file_uploader(key="example-upload").upload("notes.wav", b"not a sound at all").run()
     assert any(e.value.startswith("Reading notes.wav failed: notes.wav: not a readable media file") for e in at.error)
@@ -271,17 +271,18 @@ def test_bad_uploads_show_a_message(indexed, media, monkeypatch):
     assert any("not a media file" in e.value for e in at.error)
     monkeypatch.setenv(uploads.UPLOAD_LIMIT_ENV, "1")
     at.run()  # the uploader takes the new limit (and is a new widget)
-    big = media / "audio" / "long_stereo_44k_25s.wav"
+    big = sample_media / "audio" / "long_stereo_44k_25s.wav"
     at.file_uploader(key="example-upload").clear().upload("big.wav", big.read_bytes()).run()
     assert any("too large" in e.value and "limit is 1 MB" in e.value for e in at.error)
     assert not at.exception
 
 
-def test_crafted_upload_names_stay_in_the_upload_folder(indexed, media, monkeypatch):
+def test_crafted_upload_names_stay_in_the_upload_folder(indexed, sample_media, monkeypatch):
     at = app_on(indexed[0], monkeypatch, state.EXAMPLE_PAGE)
     folder = uploads_folder()
+    sound = (sample_media / "audio" / "0.wav").read_bytes()
     for crafted in ("../../escape.wav", "/etc/passwd.wav", "..\\..\\win.wav"):
-        at.file_uploader(key="example-upload").clear().upload(crafted, (media / "audio" / "0.wav").read_bytes()).run()
+        at.file_uploader(key="example-upload").clear().upload(crafted, sound).run()
         assert not at.error and not at.exception
     assert not (folder.parent.parent / "escape.wav").exists() and not Path("/etc/passwd.wav").exists()
     assert all(p.parent == folder for p in folder.iterdir())
@@ -328,10 +329,10 @@ def test_library_page_counts_failures_and_index_health(indexed, lib, monkeypatch
     assert any("Nothing needed repair" in s.value for s in at.success)
 
 
-def test_add_a_folder_with_live_progress_then_search_it(golden, media, tmp_path, monkeypatch):
+def test_add_a_folder_with_live_progress_then_search_it(tiny_checkpoints, sample_media, tmp_path, monkeypatch):
     index = tmp_path / "index"
     with Library.open(index) as fresh:
-        fresh.use_models({m: model_set(golden)[m] for m in ("audio", "image")})
+        fresh.use_models({m: model_set(tiny_checkpoints)[m] for m in ("audio", "image")})
     at = app_on(index, monkeypatch, state.LIBRARY_PAGE)
     assert any("Nothing is indexed yet: add a folder above" in i.value for i in at.info)
     at.text_input(key="add-folder").input(str(tmp_path / "missing"))
@@ -340,8 +341,8 @@ def test_add_a_folder_with_live_progress_then_search_it(golden, media, tmp_path,
 
     folder = tmp_path / "photos" / "shots"
     folder.mkdir(parents=True)
-    shutil.copy(media / "thermal" / "0.jpg", folder / "night.jpg")
-    shutil.copy(media / "audio" / "0.wav", folder / "hum.wav")
+    shutil.copy(sample_media / "thermal" / "0.jpg", folder / "night.jpg")
+    shutil.copy(sample_media / "audio" / "0.wav", folder / "hum.wav")
     at.text_input(key="add-folder").input(str(folder))
     at.selectbox(key="add-kind").set_value("thermal")
     at.number_input(key="add-workers").set_value(0)
@@ -359,7 +360,7 @@ def test_add_a_folder_with_live_progress_then_search_it(golden, media, tmp_path,
     assert any("hum.wav is no longer there" in w.value for w in at.warning)
 
 
-def test_choosing_models_from_the_library_page(golden, tmp_path, monkeypatch):
+def test_choosing_models_from_the_library_page(tiny_checkpoints, tmp_path, monkeypatch):
     index = tmp_path / "index"
     at = app_on(index, monkeypatch)
     assert any("no model set" in w.value for w in at.warning)
@@ -370,20 +371,20 @@ def test_choosing_models_from_the_library_page(golden, tmp_path, monkeypatch):
     at.text_area(key="models-custom").input("sound=/nowhere")
     at.button(key="FormSubmitter:models-form-Use these models").click().run()
     assert any("Choosing models failed" in e.value and "sound=/nowhere" in e.value for e in at.error)
-    at.text_area(key="models-custom").input(f"video={golden / 'checkpoints' / 'video_ft'}")
+    at.text_area(key="models-custom").input(f"video={tiny_checkpoints / 'video_ft'}")
     at.button(key="FormSubmitter:models-form-Use these models").click().run()
     assert any("Model set saved" in s.value for s in at.success)
     with Library.open(index) as lib:
-        assert lib.models == {"video": str(golden / "checkpoints" / "video_ft")}
+        assert lib.models == {"video": str(tiny_checkpoints / "video_ft")}
     at.switch_page(state.SEARCH_PAGE).run()
     assert any("Nothing is indexed yet" in i.value for i in at.info)
 
 
-def test_a_missing_checkpoint_is_a_message_with_how_to_get_one(media, tmp_path, monkeypatch):
+def test_a_missing_checkpoint_is_a_message_with_how_to_get_one(sample_media, tmp_path, monkeypatch):
     index = tmp_path / "index"
     with Library.open(index) as fresh:
         fresh.use_models({"audio": str(tmp_path / "no-such-checkpoint")})
-    folder = copy_media(media, tmp_path / "media") / "audio"
+    folder = copy_media(sample_media, tmp_path / "media") / "audio"
     at = app_on(index, monkeypatch, state.LIBRARY_PAGE)
     at.text_input(key="add-folder").input(str(folder))
     at.number_input(key="add-workers").set_value(0)
@@ -422,11 +423,11 @@ def test_safe_name_refuses_what_is_not_a_media_name(name):
         uploads.safe_name(name)
 
 
-def test_upload_folder_is_private_and_refuses_the_library(media, tmp_path, monkeypatch):
+def test_upload_folder_is_private_and_refuses_the_library(sample_media, tmp_path, monkeypatch):
     folder = uploads.UploadFolder()
     try:
         assert folder.path.stat().st_mode & 0o077 == 0
-        data = (media / "image" / "0.jpg").read_bytes()
+        data = (sample_media / "image" / "0.jpg").read_bytes()
         first = folder.save("../../../photo.jpg", data, limit_mb=1)
         assert first.parent == folder.path and first.read_bytes() == data
         assert folder.save("photo.jpg", data, limit_mb=1) == first  # the same upload is written once
@@ -471,12 +472,13 @@ def test_thermal_palette_runs_from_dark_to_white_hot():
     assert brightness[-1] > brightness[128] > brightness[0]
 
 
-def test_waveform_shades_the_matched_moment(media):
-    assert (np.asarray(previews.audio_waveform(media / "audio" / "0.wav")) != previews.MATCH_SHADE).any(axis=2).all()
-    picture = previews.audio_waveform(media / "audio" / "0.wav", 2.0, 4.0)
+def test_waveform_shades_the_matched_moment(sample_media):
+    sound = sample_media / "audio" / "0.wav"
+    assert (np.asarray(previews.audio_waveform(sound)) != previews.MATCH_SHADE).any(axis=2).all()
+    picture = previews.audio_waveform(sound, 2.0, 4.0)
     pixels = np.asarray(picture)
     width = picture.width
-    seconds = 10.24  # the sample's length (README of the shared media: 10.2 s)
+    seconds = 10.24  # the sample's length (tests/sample_media.py: 10.242 s)
     inside = round(width * 3.0 / seconds)
     outside = round(width * 8.0 / seconds)
     assert tuple(pixels[1, inside]) == previews.MATCH_SHADE

@@ -46,9 +46,9 @@ def require_browser() -> None:
 
 
 @pytest.fixture(scope="module")
-def served(golden: Path, media: Path, tmp_path_factory: pytest.TempPathFactory):
+def served(tiny_checkpoints: Path, sample_media: Path, tmp_path_factory: pytest.TempPathFactory):
     require_browser()
-    index, folder = build_library(golden, media, tmp_path_factory.mktemp("browser"))
+    index, folder = build_library(tiny_checkpoints, sample_media, tmp_path_factory.mktemp("browser"))
     with live.running_app(index) as url:
         yield url, index, folder
 
@@ -84,12 +84,12 @@ def cards(page):
     return page.locator('[data-testid="stMain"] strong').filter(has_text=re.compile(r"^\d+\. "))
 
 
-def test_search_upload_and_library_pages_in_chromium(served, media):
+def test_search_upload_and_library_pages_in_chromium(served, sample_media):
     from playwright.sync_api import expect
 
     expect.set_options(timeout=TIMEOUT_MS)  # the first query loads the text encoder
     url, index, _ = served
-    sound = media / "audio" / "1.wav"
+    sound = sample_media / "audio" / "1.wav"
     with Library.open(index) as lib:
         every_modality = {m: lib.search(QUERY, modalities=[m], k=K) for m in MODALITIES}
         by_text = every_modality["video"]
