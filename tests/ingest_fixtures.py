@@ -1,8 +1,8 @@
 """Shared fixtures and checks for the ingestion and index-store tests (test_ingest.py, test_store.py).
 
 Libraries are real files: a toy-world library written once per session (PNG/WAV/MP4 with AAC tracks) and copied
-per test, media made here with PyAV and soundfile, and the files of ``../shared/media``. Models are the tiny
-official-format checkpoints of ``../shared/golden/checkpoints``.
+per test, and media made here with PyAV and soundfile. Models are the tiny released-layout checkpoints the tests
+write (tests/tiny_checkpoints.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import av
 import numpy as np
 import pytest
 import soundfile
-from conftest import GOLDEN
 from sqlalchemy import func, select
 from test_db import database_url  # noqa: F401  (re-exported fixture: a fresh SQLite or PostgreSQL URL)
 
@@ -28,7 +27,6 @@ from lbsearch.storage.vectorindex import VectorIndex
 from lbsearch.toyworld import World, read_manifest, write_library
 from lbsearch.toyworld.render import VIDEO_CODEC, write_mp4
 
-CHECKPOINTS = GOLDEN / "checkpoints"
 MODEL_SET = {
     "video": "video_ft",
     "audio": "audio_ft",
@@ -41,19 +39,15 @@ TOY_SCENES = 24
 SMALL_SCENES = 4
 
 
-def checkpoint(name: str) -> str:
-    return str(CHECKPOINTS / name)
+def model_set(checkpoints: Path) -> dict[str, str]:
+    """`MODEL_SET` in the folder of tiny checkpoints (the `tiny_checkpoints` fixture)."""
+    return {modality: str(checkpoints / name) for modality, name in MODEL_SET.items()}
 
 
-def model_set() -> dict[str, str]:
-    return {modality: checkpoint(name) for modality, name in MODEL_SET.items()}
-
-
-def open_library(folder: Path, db_url: str | None = None, models: dict[str, str] | None = None) -> Library:
-    """A library in ``folder`` (metadata there, or at ``db_url``: test_db's `database_url`) with the golden
-    checkpoints."""
+def open_library(folder: Path, db_url: str | None, models: dict[str, str]) -> Library:
+    """A library in ``folder`` (metadata there, or at ``db_url``: test_db's `database_url`) using ``models``."""
     library = Library.open(folder, db=db_url, device="cpu")
-    library.use_models(models or model_set())
+    library.use_models(models)
     return library
 
 
@@ -61,8 +55,8 @@ def open_library(folder: Path, db_url: str | None = None, models: dict[str, str]
 
 
 @pytest.fixture(scope="session")
-def models(golden: Path) -> dict[str, str]:
-    return model_set()
+def models(tiny_checkpoints: Path) -> dict[str, str]:
+    return model_set(tiny_checkpoints)
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +70,7 @@ def toy_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def toy_reference(toy_source: Path, models: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict:
     """`vector_table` of the whole toy library indexed in one uninterrupted run (paths relative to it)."""
-    with open_library(tmp_path_factory.mktemp("reference") / "index", models=models) as library:
+    with open_library(tmp_path_factory.mktemp("reference") / "index", None, models) as library:
         library.add(toy_source)
         return vector_table(library.db, root=toy_source)
 

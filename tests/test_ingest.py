@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import MEDIA, REPO
+from conftest import REPO
 from PIL import Image
 from sqlalchemy import select
 from typer.testing import CliRunner
@@ -43,7 +43,6 @@ pytest.register_assert_rewrite("ingest_fixtures")
 from ingest_fixtures import (  # noqa: E402
     SMALL_SCENES,
     assert_consistent,
-    checkpoint,
     copy_library,
     file_statuses,
     indexed_ids_on_disk,
@@ -210,15 +209,15 @@ def test_moved_and_renamed_files_keep_their_vectors(tmp_path, toy_source, models
         assert_consistent(library)
 
 
-def test_new_model_version_is_indexed_beside_the_old_one(tmp_path, toy_source, models):
+def test_new_model_version_is_indexed_beside_the_old_one(tmp_path, toy_source, models, tiny_checkpoints):
     root = copy_library(toy_source, tmp_path / "library", scenes=SMALL_SCENES)
     videos = media_files(root / "videos")
-    with open_library(tmp_path / "index", models=models) as library:
+    with open_library(tmp_path / "index", None, models) as library:
         library.add(root)
         old_table = vector_table(library.db)
         old_video_model = library.model_id("video")
 
-        library.use_models({"video": checkpoint("video_lora")})
+        library.use_models({"video": str(tiny_checkpoints / "video_lora")})
         report = library.add(root)
         new_video_model = library.model_id("video")
         assert new_video_model != old_video_model
@@ -227,19 +226,19 @@ def test_new_model_version_is_indexed_beside_the_old_one(tmp_path, toy_source, m
 
         table = vector_table(library.db)
         assert {k: v[0] for k, v in table.items() if k in old_table} == ids_only(old_table)  # the old one kept
-        lora = checkpoint("video_lora")
+        lora = str(tiny_checkpoints / "video_lora")
         new_keys = {k for k in table if k not in old_table}
         assert {k[1] for k in new_keys} == {lora} and {k[2] for k in new_keys} == {"video"}
         old_video_spans = {(k[0], k[3], k[4]) for k in old_table if k[2] == "video"}
         assert {(k[0], k[3], k[4]) for k in new_keys} == old_video_spans
         some_key = next(iter(new_keys))
-        old_key = (some_key[0], checkpoint("video_ft"), *some_key[2:])
+        old_key = (some_key[0], str(tiny_checkpoints / "video_ft"), *some_key[2:])
         assert not np.allclose(table[some_key][1], old_table[old_key][1])  # other weights, other vectors
         assert {(old_video_model, "video"), (new_video_model, "video")} <= set(library.db.vector_groups())
         assert_consistent(library)
 
         assert library.add(root).embedded == 0
-        library.use_models({"video": checkpoint("video_ft")})  # back to the first version: already there
+        library.use_models({"video": str(tiny_checkpoints / "video_ft")})  # back to the first version: already there
         assert library.add(root).embedded == 0
         assert library.model_id("video") == old_video_model
 
@@ -247,14 +246,14 @@ def test_new_model_version_is_indexed_beside_the_old_one(tmp_path, toy_source, m
 # --------------------------------------------------------------------------------------- windows and items
 
 
-def test_long_audio_gets_time_windows(tmp_path, models, media):
+def test_long_audio_gets_time_windows(tmp_path, models, sample_media):
     root = tmp_path / "library"
     root.mkdir()
     long_audio = root / "long.wav"
-    shutil.copy(media / "audio" / "long_stereo_44k_25s.wav", long_audio)
+    shutil.copy(sample_media / "audio" / "long_stereo_44k_25s.wav", long_audio)
     just_over = root / "just_over.wav"
-    shutil.copy(media / "audio" / "0.wav", just_over)  # 10.242 s: two windows, the last one aligned to the end
-    with open_library(tmp_path / "index", models=models) as library:
+    shutil.copy(sample_media / "audio" / "0.wav", just_over)  # 10.242 s: two windows, the last one aligned to the end
+    with open_library(tmp_path / "index", None, models) as library:
         library.add(root)
         expected = {
             long_audio: [(0.0, 10.0), (5.0, 15.0), (10.0, 20.0), (15.0, 25.0)],
@@ -276,12 +275,12 @@ def test_long_audio_gets_time_windows(tmp_path, models, media):
         assert_consistent(library)
 
 
-def test_long_video_gets_windows_and_its_sound_track_in_one_item(tmp_path, models, media):
+def test_long_video_gets_windows_and_its_sound_track_in_one_item(tmp_path, models, sample_media):
     root = tmp_path / "library"
     video = write_video(root / "clip.mp4", seconds=23.0, fps=8)
     silent = root / "silent.mp4"
-    shutil.copy(media / "video" / "0.mp4", silent)
-    with open_library(tmp_path / "index", models=models) as library:
+    shutil.copy(sample_media / "video" / "0.mp4", silent)
+    with open_library(tmp_path / "index", None, models) as library:
         report = library.add(root)
         assert report.warnings == {} and report.failed == 0
         record = library.db.file_by_path(str(video))
@@ -310,7 +309,7 @@ def test_long_video_gets_windows_and_its_sound_track_in_one_item(tmp_path, model
 def test_a_video_whose_sound_track_cannot_be_decoded_keeps_its_pictures(tmp_path, models):
     root = tmp_path / "library"
     video = write_video_with_broken_sound(root / "clip.mp4")
-    with open_library(tmp_path / "index", models=models) as library:
+    with open_library(tmp_path / "index", None, models) as library:
         report = library.add(root)
         assert (report.embedded, report.failed) == (1, 0)
         assert report.warnings[str(video)].startswith("audio track skipped: cannot decode audio")
@@ -325,7 +324,7 @@ def test_windows_past_one_decode_part_are_all_embedded(tmp_path, models):
     """19 windows: the first decode task carries 16, a follow-up task the rest (in another worker)."""
     root = tmp_path / "library"
     video = write_video(root / "clip.mp4", seconds=20.0, fps=8, seed=3)
-    with open_library(tmp_path / "index", models=models) as library:
+    with open_library(tmp_path / "index", None, models) as library:
         library.add(root, options=IngestOptions(windows=WindowSpec(2.0, 1.0), workers=2, batch_size=5))
         record = library.db.file_by_path(str(video))
         for modality in ("video", "audio"):
@@ -346,7 +345,7 @@ def test_workers_left_without_tasks_are_reported_for_encoding(tmp_path, models):
     for index in range(10):
         Image.fromarray(np.full((24, 32, 3), 20 * index, np.uint8)).save(root / f"{index}.png")
     options = IngestOptions(workers=2, batch_size=1)  # at most 2 * 1 + 2 * 2 = 6 tasks in flight
-    with open_library(tmp_path / "index", models=models) as library:
+    with open_library(tmp_path / "index", None, models) as library:
         encoders = {"image": library.encoder("image")}
         ingestor = Ingestor(library.db, encoders, {"image": library.model_id("image")}, options)
         todo = [ingestor.decode_task(str(path), "image", path.stat().st_size) for path in sorted(root.iterdir())]
@@ -393,7 +392,7 @@ def test_a_run_freezes_older_objects_for_the_garbage_collector_and_thaws_them(tm
     root.mkdir()
     Image.fromarray(np.full((24, 32, 3), 90, np.uint8)).save(root / "a.png")
     seen: list[int] = []
-    with open_library(tmp_path / "index", models=models) as library:
+    with open_library(tmp_path / "index", None, models) as library:
         encoder = library.encoder("image")
         real_encode = encoder.encode
         monkeypatch.setattr(encoder, "encode", lambda x: seen.append(gc.get_freeze_count()) or real_encode(x))
@@ -425,21 +424,22 @@ def test_decoded_inputs_cross_from_the_workers_as_plain_arrays(tmp_path):
         assert torch.equal(received.tensor, sent.tensor)
 
 
-def test_paired_frames_in_sibling_folders_are_one_item(tmp_path, toy_source, models, media):
+def test_paired_frames_in_sibling_folders_are_one_item(tmp_path, toy_source, models, sample_media):
     root = copy_library(toy_source, tmp_path / "library", scenes=SMALL_SCENES)
     nyu = root / "nyu" / "kitchen"
     for folder, source, name in (
-        ("rgb", media / "image" / "0.jpg", "0001.jpg"),
-        ("depth", media / "depth" / "0.png", "0001.png"),
-        ("depth", media / "depth" / "1.png", "0002.png"),  # no RGB partner: an item of its own
+        ("rgb", sample_media / "image" / "0.jpg", "0001.jpg"),
+        ("depth", sample_media / "depth" / "0.png", "0001.png"),
+        ("depth", sample_media / "depth" / "1.png", "0002.png"),  # no RGB partner: an item of its own
     ):
         (nyu / folder).mkdir(parents=True, exist_ok=True)
         shutil.copy(source, nyu / folder / name)
     llvip = root / "llvip"
-    for folder, source in (("visible", media / "image" / "1.jpg"), ("infrared", media / "thermal" / "1.jpg")):
+    pairs = (("visible", sample_media / "image" / "1.jpg"), ("infrared", sample_media / "thermal" / "1.jpg"))
+    for folder, source in pairs:
         (llvip / folder).mkdir(parents=True)
         shutil.copy(source, llvip / folder / "190001.jpg")
-    with open_library(tmp_path / "index", models=models) as library:
+    with open_library(tmp_path / "index", None, models) as library:
         library.add(root)
         with library.db.session() as session:
             rows = session.execute(select(Item.key, File.path, File.modality).join(Item, File.item_id == Item.id))
@@ -475,7 +475,7 @@ def test_paired_frames_in_sibling_folders_are_one_item(tmp_path, toy_source, mod
 # ------------------------------------------------------------------------------------------------ bad files
 
 
-def test_bad_files_are_recorded_and_the_run_goes_on(tmp_path, toy_source, models):
+def test_bad_files_are_recorded_and_the_run_goes_on(tmp_path, toy_source, models, sample_media):
     root = copy_library(toy_source, tmp_path / "library", scenes=1)
     good = media_files(root)
     video = (root / "videos").glob("*.mp4").__next__().read_bytes()
@@ -495,7 +495,7 @@ def test_bad_files_are_recorded_and_the_run_goes_on(tmp_path, toy_source, models
     for name, data in broken.items():
         (bad / name).write_bytes(data)
     index = tmp_path / "index"
-    with open_library(index, models=models) as library:
+    with open_library(index, None, models) as library:
         report = library.add(root)
         assert report.failed == len(broken) and report.embedded == len(good)
         assert set(report.errors) == {str(bad / name) for name in broken}
@@ -520,7 +520,7 @@ def test_bad_files_are_recorded_and_the_run_goes_on(tmp_path, toy_source, models
         # Failed files are not tried again unless asked; a repaired one is embedded.
         again = library.add(root)
         assert (again.plan["unchanged"], again.failed, again.embedded) == (len(good) + len(broken), 0, 0)
-        shutil.copy(MEDIA / "image" / "0.jpg", bad / "empty.jpg")
+        shutil.copy(sample_media / "image" / "0.jpg", bad / "empty.jpg")
         retried = library.add(root, options=IngestOptions(retry_failed=True))
         assert (retried.plan["changed"], retried.plan["retry"]) == (1, len(broken) - 1)
         assert (retried.embedded, retried.failed) == (1, len(broken) - 1)
@@ -534,7 +534,7 @@ def test_bad_files_are_recorded_and_the_run_goes_on(tmp_path, toy_source, models
 
 def test_an_encoder_failure_stops_the_run_without_a_trace_in_the_library(tmp_path, toy_source, models, monkeypatch):
     root = copy_library(toy_source, tmp_path / "library", scenes=1)
-    with open_library(tmp_path / "index", models=models) as library:
+    with open_library(tmp_path / "index", None, models) as library:
         threads = torch.get_num_threads()
 
         def broken(batch, batch_size=None):
@@ -613,7 +613,7 @@ def running(pid: int) -> bool:
 def test_search_while_indexing_sees_the_last_committed_state(tmp_path, toy_source, models):
     root = copy_library(toy_source, tmp_path / "library", scenes=6)
     index = tmp_path / "index"
-    with open_library(index, models=models) as reader:
+    with open_library(index, None, models) as reader:
         model_ids = {modality: reader.model_id(modality) for modality in models}
         for modality in models:  # load the text side now, so that searches keep up with the commits
             reader.encoder(modality, text_only=True).encode_text("warm up")
@@ -649,7 +649,7 @@ def test_kill_9_mid_run_then_rerun_indexes_every_file_exactly_once(tmp_path, toy
     rng = random.Random(CRASH_SEED)
     root = tmp_path.resolve() / "library"
     index = tmp_path / "index"
-    with open_library(index, models=models) as library:
+    with open_library(index, None, models) as library:
         # A first, finished run over part of the library (so index files exist and go stale), with a file that
         # will be deleted and one that will change back to the library's version before the killed run.
         copy_library(toy_source, root, scenes=4)
@@ -712,7 +712,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_completes(tmp_path, toy_source, toy_re
     rng = random.Random(CRASH_SEED + 1)
     root = copy_library(toy_source, tmp_path / "library")
     index = tmp_path / "index"
-    with open_library(index, models=models) as library:
+    with open_library(index, None, models) as library:
         process = start_index_command(root, index, commit_files=4)
         try:
             wait_for_commits(process, library.db, rng.randrange(4, 40))

@@ -1,6 +1,6 @@
 """FAISS files kept in step with the database: verify, repair, catch-up after a crash, reindex, remove.
 
-Each test indexes a small toy library (real files, golden checkpoints) on SQLite and on PostgreSQL, then damages
+Each test indexes a small toy library (real files, tiny checkpoints) on SQLite and on PostgreSQL, then damages
 or outdates the index files the way crashes, disks and users do, and drives the `lbsearch` commands.
 """
 
@@ -117,7 +117,7 @@ DAMAGES: dict[str, tuple[Callable[[Path], None], str]] = {
 }
 
 
-def test_verify_lists_each_disagreement_and_repair_fixes_it(indexed: Library, database_url: str):
+def test_verify_lists_each_disagreement_and_repair_fixes_it(indexed: Library, database_url: str, models: dict):
     index = indexed.folder
     assert "the database and every index agree" in run(command(index, database_url, "verify"), 0)
     before = vector_table(indexed.db)
@@ -131,13 +131,13 @@ def test_verify_lists_each_disagreement_and_repair_fixes_it(indexed: Library, da
 
         assert "repaired" in run(command(index, database_url, "verify", "--repair"), 0), name
         run(command(index, database_url, "verify"), 0)
-        with open_library(index, database_url) as reopened:
+        with open_library(index, database_url, models) as reopened:
             assert_consistent(reopened)
             assert_index_holds_stored_vectors(reopened)
     assert vector_table(indexed.db).keys() == before.keys()  # repairs rebuild from stored vectors: nothing lost
 
 
-def test_outdated_index_files_catch_up_when_opened(tmp_path: Path, indexed: Library, database_url: str):
+def test_outdated_index_files_catch_up_when_opened(tmp_path: Path, indexed: Library, database_url: str, models: dict):
     """A crash after a database commit but before the index files were written leaves them behind: opening
     them applies what the database gained and lost since, so nothing disagrees."""
     index, root = indexed.folder, tmp_path / "library"
@@ -154,7 +154,7 @@ def test_outdated_index_files_catch_up_when_opened(tmp_path: Path, indexed: Libr
     shutil.rmtree(index / "faiss")
     shutil.copytree(saved, index / "faiss")  # the files as they were before that run
     assert run(command(index, database_url, "verify"), 0)
-    with open_library(index, database_url) as reopened:
+    with open_library(index, database_url, models) as reopened:
         for model_id, modality in reopened.db.vector_groups():
             on_disk = indexed_ids_on_disk(reopened.store, model_id, modality)
             in_db = reopened.db.vector_ids(model_id, modality)
@@ -166,7 +166,7 @@ def test_outdated_index_files_catch_up_when_opened(tmp_path: Path, indexed: Libr
         assert_index_holds_stored_vectors(reopened)
 
 
-def test_reindex_rebuilds_from_stored_vectors_without_embedding(indexed: Library, database_url: str):
+def test_reindex_rebuilds_from_stored_vectors_without_embedding(indexed: Library, database_url: str, models: dict):
     index = indexed.folder
     before = vector_table(indexed.db)
     shutil.rmtree(index / "faiss")
@@ -175,19 +175,19 @@ def test_reindex_rebuilds_from_stored_vectors_without_embedding(indexed: Library
     assert all(entry["factory"] == "IDMap2,Flat" and entry["recall_at_10"] == 1.0 for entry in rebuilt)
     after = vector_table(indexed.db)
     assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in before.items()}  # same ids: not re-embedded
-    with open_library(index, database_url) as reopened:
+    with open_library(index, database_url, models) as reopened:
         assert_consistent(reopened)
         assert_index_holds_stored_vectors(reopened)
 
 
-def test_remove_forgets_files_in_every_index(tmp_path: Path, indexed: Library, database_url: str):
+def test_remove_forgets_files_in_every_index(tmp_path: Path, indexed: Library, database_url: str, models: dict):
     root = tmp_path / "library"
     videos = media_files(root / "videos")
     doomed = {key: value[0] for key, value in vector_table(indexed.db).items() if key[0] == str(videos[0])}
     assert {key[2] for key in doomed} == {"video", "audio"}
     output = run(command(indexed.folder, database_url, "remove", str(root / "videos")), 0)
     assert f"{len(videos)} files removed" in output
-    with open_library(indexed.folder, database_url) as reopened:
+    with open_library(indexed.folder, database_url, models) as reopened:
         assert not any(key[0].startswith(str(root / "videos")) for key in vector_table(reopened.db))
         groups = reopened.db.vector_groups()
         assert (reopened.model_id("video"), "video") not in groups  # no video is left ...
