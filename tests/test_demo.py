@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from lbsearch.demo import demo_models_present, run_demo
 from lbsearch.models import registry
 
-GOLDEN_SET = {
+TINY_SET = {
     "video": "video_ft",
     "audio": "audio_ft",
     "depth": "depth_lora",
@@ -20,14 +20,12 @@ GOLDEN_SET = {
 
 
 @pytest.fixture
-def golden_demo_set(golden: Path, monkeypatch) -> None:
-    """Stand the tiny golden checkpoints in for the demo set (same input size as the toy world)."""
-    monkeypatch.setitem(
-        registry.MODEL_SETS, "demo", {m: str(golden / "checkpoints" / n) for m, n in GOLDEN_SET.items()}
-    )
+def tiny_demo_set(tiny_checkpoints: Path, monkeypatch) -> None:
+    """Stand the tiny checkpoints in for the demo set (same input size as the toy world)."""
+    monkeypatch.setitem(registry.MODEL_SETS, "demo", {m: str(tiny_checkpoints / n) for m, n in TINY_SET.items()})
 
 
-def test_demo_generates_indexes_and_queries(golden_demo_set, tmp_path: Path) -> None:
+def test_demo_generates_indexes_and_queries(tiny_demo_set, tmp_path: Path) -> None:
     report = run_demo(tmp_path / "demo", scenes=6, workers=0)
     # 6 scenes x (video with its sound, a wav, and one RGB/depth/thermal scene item of three files)
     assert report.ingest.embedded == 6 * 5 and report.ingest.failed == 0
@@ -46,7 +44,7 @@ def test_demo_generates_indexes_and_queries(golden_demo_set, tmp_path: Path) -> 
     assert again.ingest.embedded == 0 and again.ingest.plan["unchanged"] == 30
 
 
-def test_demo_command_prints_queries_and_the_ui_hint(golden_demo_set, tmp_path: Path) -> None:
+def test_demo_command_prints_queries_and_the_ui_hint(tiny_demo_set, tmp_path: Path) -> None:
     from lbsearch.cli import app
 
     result = CliRunner().invoke(app, ["demo", "--dir", str(tmp_path / "d"), "--scenes", "4", "--workers", "0"])

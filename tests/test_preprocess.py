@@ -140,11 +140,13 @@ def test_matches_official_processors(modality: str, media: Path, golden: Path) -
 
 
 @pytest.mark.parametrize("name", ["video_ft", "video_v15", "audio_ft", "audio_lora", "depth_lora", "image"])
-def test_checkpoint_config_sets_input_shape(name: str, media: Path, golden: Path) -> None:
-    config = ModelConfig.from_file(golden / "checkpoints" / name / "config.json")
-    expected_shape = np.load(golden / "expected" / f"{name}.npz")["pixel_values"].shape[1:]
+def test_checkpoint_config_sets_input_shape(name: str, sample_media: Path, tiny_checkpoints: Path) -> None:
+    config = ModelConfig.from_file(tiny_checkpoints / name / "config.json")
+    # What the model takes: channels, the frames of a clip, then the picture or the mel x time grid.
+    frames = (config.vision.num_frames,) if config.modality == "video" else ()
+    expected_shape = (config.vision.num_channels, *frames, *config.vision.image_size)
     preprocess = preprocessor_for(config.modality, config.vision)
-    assert tuple(preprocess(media_files(media, config.modality)[0]).shape) == expected_shape
+    assert tuple(preprocess(media_files(sample_media, config.modality)[0]).shape) == expected_shape
 
 
 def test_vision_config_without_fixtures(tmp_path: Path) -> None:
@@ -198,15 +200,15 @@ def test_preprocessors_pickle(modality: str) -> None:
     assert clone.settings == PreprocessSettings.released()
 
 
-def test_video_is_deterministic(media: Path) -> None:
-    path = media / "video" / "0.mp4"
+def test_video_is_deterministic(sample_media: Path) -> None:
+    path = sample_media / "video" / "0.mp4"
     preprocess = preprocessor_for("video")
     assert torch.equal(preprocess(path), preprocess(path))
 
 
-def test_one_decoder_thread_gives_the_same_frames(media: Path) -> None:
+def test_one_decoder_thread_gives_the_same_frames(sample_media: Path) -> None:
     # Ingestion decodes with one FFmpeg thread per file (a file per core); queries let FFmpeg choose.
-    paths = media_files(media, "video")
+    paths = media_files(sample_media, "video")
     assert paths
     for path in paths:
         with VideoFrames(path) as chosen, VideoFrames(path, decoder_threads=1) as single:
@@ -232,16 +234,16 @@ def test_sample_indices_cover_the_window() -> None:
     assert (open_ended[0], open_ended[-1]) == (35, 39)
 
 
-def test_whole_range_windows_equal_whole_files(media: Path) -> None:
+def test_whole_range_windows_equal_whole_files(sample_media: Path) -> None:
     video = preprocessor_for("video")
-    for path in media_files(media, "video"):
+    for path in media_files(sample_media, "video"):
         with VideoFrames(path) as frames:
             duration = frames.duration
         whole = video(path)
         assert torch.equal(video(path, 0.0, duration), whole)
         assert torch.equal(video(path, start=0.0), whole)
     audio = preprocessor_for("audio")
-    for path in media_files(media, "audio"):
+    for path in media_files(sample_media, "audio"):
         waveform, rate = load_audio(path)
         assert torch.equal(audio(path, 0.0, waveform.shape[1] / rate), audio(path))
 
@@ -389,11 +391,11 @@ def test_audio_track_of_a_video(tmp_path: Path) -> None:
     assert (info.width, info.height) == (64, 48)
 
 
-def test_long_audio_takes_three_distinct_chunks(media: Path) -> None:
-    chunks = preprocessor_for("audio")(media / "audio" / "long_stereo_44k_25s.wav")
+def test_long_audio_takes_three_distinct_chunks(sample_media: Path) -> None:
+    chunks = preprocessor_for("audio")(sample_media / "audio" / "long_stereo_44k_25s.wav")
     assert not torch.equal(chunks[0], chunks[1])
     assert not torch.equal(chunks[1], chunks[2])
-    short = preprocessor_for("audio")(media / "audio" / "0.wav")  # 10.2 s: shorter than 1036 frames
+    short = preprocessor_for("audio")(sample_media / "audio" / "0.wav")  # 10.2 s: shorter than 1036 frames
     assert torch.equal(short[0], short[1])
     assert torch.equal(short[1], short[2])
 
@@ -606,6 +608,14 @@ def test_probe_rejects_bad_files(make: Callable[[Path], Path], tmp_path: Path) -
 
 
 def test_probe_shared_media(media: Path) -> None:
+    _probe_agrees_with_the_decoders(media)
+
+
+def test_probe_sample_media(sample_media: Path) -> None:
+    _probe_agrees_with_the_decoders(sample_media)
+
+
+def _probe_agrees_with_the_decoders(media: Path) -> None:
     for path in media_files(media, "video"):
         info = probe(path)
         with VideoFrames(path) as frames:
