@@ -20,6 +20,7 @@ from tiny_checkpoints import write_all
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LBSEARCH_SHARED", REPO.parent / "shared"))
 SHARED_FIXTURES = ("golden", "media")
+_NEEDS_SHARED = pytest.StashKey[tuple[int, int]]()
 
 
 def _require(path: Path) -> Path:
@@ -46,10 +47,21 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_all(tmp_path_factory.mktemp("checkpoints"))
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marker set here
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    marked = 0
     for item in items:
         if set(SHARED_FIXTURES) & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.needs_shared)
+            marked += 1
+    config.stash[_NEEDS_SHARED] = (marked, len(items))
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    marked, total = config.stash.get(_NEEDS_SHARED, (0, 0))
+    if marked:
+        where = "present" if SHARED.exists() else "absent: they skip"
+        terminalreporter.write_line(f"{marked} of {total} tests read {SHARED} ({where})")
 
 
 @pytest.fixture(scope="session")
