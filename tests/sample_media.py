@@ -30,7 +30,7 @@ LONG_AUDIO_SECONDS, LONG_AUDIO_RATE = 25.0, 44_100
 VIDEO_SECONDS = (8.2, 9.0)
 VIDEO_FPS = 10
 PICTURE = (90, 160)  # height, width: the samples are wider than tall
-VIDEO_PICTURE = (128, 72)  # portrait, like the official sample videos
+VIDEO_PICTURE = (160, 96)  # portrait, like the official sample videos; a width decord reads unpadded
 
 
 def _picture(seed: int, size: tuple[int, int]) -> np.ndarray:

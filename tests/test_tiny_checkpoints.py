@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_models import random_pixels
-from tiny_checkpoints import LAYOUTS, write_checkpoint
+from tiny_checkpoints import LAYOUTS, LORA_ALPHA, VISION, write_checkpoint
 
 from lbsearch.models import load_checkpoint
 from lbsearch.models.checkpoint import fingerprint
@@ -41,15 +41,14 @@ def test_lora_pairs_are_stored_unmerged_under_old_peft_names(tiny_checkpoints: P
     layout = LAYOUTS[name]
     raw = _raw(tiny_checkpoints / name)
     pairs = sorted(key.removesuffix(".lora_A.default.weight") for key in raw if key.endswith(".lora_A.default.weight"))
-    per_layer = 4  # q, k, v and out of the wrapped attention
-    assert len(pairs) == per_layer * 2
+    assert len(pairs) == 4 * VISION["num_hidden_layers"]  # q, k, v and out of the wrapped attention, every layer
     assert all(f".{layout.lora_on}." in module and ".encoder.base_model.model.layers." in module for module in pairs)
     encoder = load_checkpoint(tiny_checkpoints / name)
     merged = dict(encoder.vision.state_dict())
     for module in pairs:
         a, b = raw[f"{module}.lora_A.default.weight"], raw[f"{module}.lora_B.default.weight"]
         assert a.shape[0] == b.shape[1] == layout.lora_r and b.abs().min() > 0
-        expected = raw[f"{module}.weight"] + (16 / layout.lora_r) * (b @ a)
+        expected = raw[f"{module}.weight"] + (LORA_ALPHA / layout.lora_r) * (b @ a)
         plain = module.replace(".encoder.base_model.model.", ".encoder.")
         torch.testing.assert_close(merged[f"{plain}.weight"], expected, rtol=1e-5, atol=1e-5)
 
