@@ -11,6 +11,8 @@ tests/test_self_contained.py bounds how much of the suite that leaves out.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LBSEARCH_SHARED", REPO.parent / "shared"))
 SHARED_FIXTURES = ("golden", "media")
 _NEEDS_SHARED = pytest.StashKey[tuple[int, int]]()
+
+
+def copy_checkout(target: Path) -> Path:
+    """Copy into ``target`` the files a clone of this working tree would hold, were it committed as it is: git's
+    tracked and not-ignored files, with their current content. Returns ``target``."""
+    command = ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"]
+    listed = subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True).stdout.split("\0")
+    for name in filter(None, listed):
+        if (REPO / name).is_file():  # a tracked file deleted in the working tree is not copied
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, target / name)
+    return target
 
 
 def _require(path: Path) -> Path:

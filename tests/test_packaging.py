@@ -8,7 +8,6 @@ Every command runs with the venv's interpreter from a folder outside the checkou
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import copy_checkout
 
 from lbsearch.app.live import free_port
 
@@ -31,15 +30,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A virtual environment with the wheel of this checkout installed; yields its bin folder."""
     root = tmp_path_factory.mktemp("wheel")
     # Built from a copy of the checkout's files: pip builds in the source folder and would leave build/ in the repo.
-    source = root / "source"
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO, check=True, capture_output=True, text=True,
-    ).stdout.split("\0")
-    for name in filter(None, listed):
-        if (REPO / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, source / name)
+    source = copy_checkout(root / "source")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(source), "-w", str(root / "dist")],
         check=True, cwd=root,

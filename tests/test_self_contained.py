@@ -11,28 +11,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from conftest import REPO
+from conftest import copy_checkout
 
 MAX_SHARED_FRACTION = 0.08
-
-
-def _shipped_files() -> list[str]:
-    """Paths (relative to the repository) that a clone of this working tree, committed as it is, would hold."""
-    if shutil.which("git") is None or not (REPO / ".git").exists():
-        pytest.skip(f"{REPO} is not a git checkout: there is no clone to reproduce")
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    return [path for path in listed.split("\0") if path and (REPO / path).is_file()]
 
 
 def _collect(clone: Path, *marker: str) -> int:
@@ -49,10 +34,7 @@ def _collect(clone: Path, *marker: str) -> int:
 
 
 def test_a_clone_without_shared_skips_at_most_8_percent(tmp_path: Path) -> None:
-    clone = tmp_path / "lbsearch"
-    for relative in _shipped_files():
-        (clone / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / relative, clone / relative)
+    clone = copy_checkout(tmp_path / "lbsearch")
     assert not (tmp_path / "shared").exists()
 
     # Nothing reaches ../shared except through the two fixtures: no test module reads its location itself.
