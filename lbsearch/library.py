@@ -7,6 +7,9 @@
 
 Encoders are loaded lazily, once per process, and only the towers a call needs (text queries load only the
 language tower).
+
+A library whose folder cannot be written (a read-only mount, a shared NAS) opens read-only: search, status and
+verify work; what writes (add, remove, reindex, repair, use_models) raises `ReadOnlyLibraryError` up front.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lbsearch.errors import ConfigError
+from lbsearch.errors import ConfigError, ReadOnlyLibraryError, StorageError
 from lbsearch.ingest.pipeline import IngestOptions, Ingestor, IngestProgress, IngestReport
 from lbsearch.ingest.scan import ScanRoot
 from lbsearch.modalities import check_all, lookup
@@ -82,6 +85,18 @@ class Library:
     def close(self) -> None:
         self.db.close()
 
+    @property
+    def read_only(self) -> bool:
+        """Whether the database or the folder of the FAISS files cannot be written."""
+        return self.db.read_only or not os.access(self.folder, os.W_OK)
+
+    def _require_writable(self, doing: str) -> None:
+        if self.read_only:
+            raise ReadOnlyLibraryError(
+                f"{self.folder}: the library is read-only (its folder cannot be written), so it cannot {doing}; "
+                "search, status and verify work"
+            )
+
     def __enter__(self) -> Library:
         return self
 
@@ -102,6 +117,7 @@ class Library:
         """
         chosen = model_set(models) if isinstance(models, str) else dict(models)
         check_all(list(chosen))
+        self._require_writable("record a model set")
         merged = {**self.models, **chosen}
         self.db.set_setting(MODEL_SET_SETTING, merged)
         self._encoders = {key: enc for key, enc in self._encoders.items() if merged.get(key[0]) == enc.source}
@@ -171,6 +187,7 @@ class Library:
         dropped. ``as_modality`` ("depth", "thermal", "image") says what the images under these folders are."""
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
+        self._require_writable("index files")
         roots = [ScanRoot(Path(p).expanduser(), as_modality) for p in paths]
         if not self.models:
             raise ConfigError("no model set chosen: pass --models NAME or --model MODALITY=CHECKPOINT")
@@ -182,6 +199,7 @@ class Library:
 
     def remove(self, paths: Iterable[str | os.PathLike]) -> int:
         """Forget files (or every file under folders); returns how many. Files on disk are not touched."""
+        self._require_writable("remove files")
         targets = [str(Path(p).expanduser().resolve()) for p in paths]
         ids = {r.id for r in self.db.files_under(targets)}
         ids |= {r.id for t in targets if (r := self.db.file_by_path(t)) is not None}
@@ -194,6 +212,7 @@ class Library:
 
         ``factory`` forces a FAISS factory string from now on ("" returns to the automatic choice).
         """
+        self._require_writable("rebuild its indexes")
         if factory is not None:
             self.db.set_setting("index_factory", factory or None)
         return [
@@ -224,10 +243,25 @@ class Library:
         return self.db.files(status)
 
     def verify(self) -> list[Disagreement]:
-        return self.store.verify()
+        """What is wrong: the database's own integrity (SQLite's check), then every way the FAISS files and the
+        database disagree."""
+        return self._database_damage() or self.store.verify()
 
     def repair(self) -> list[Disagreement]:
-        return self.store.repair()
+        """Rebuild what `verify` finds wrong with the FAISS files (a damaged database cannot be repaired here)."""
+        self._require_writable("repair its indexes")
+        return self._database_damage() or self.store.repair()
+
+    def _database_damage(self) -> list[Disagreement]:
+        try:
+            damage = self.db.integrity_problems()
+        except StorageError as exc:
+            return [Disagreement(-1, "", str(exc))]
+        if not damage:
+            return []
+        shown = "; ".join(damage[:3]) + (f"; and {len(damage) - 3} more" if len(damage) > 3 else "")
+        advice = "restore it from a backup, or start a new library"
+        return [Disagreement(-1, "", f"{self.db.name} is damaged ({shown}): {advice}")]
 
     def search(
         self,
