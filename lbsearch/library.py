@@ -17,14 +17,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from lbsearch.errors import ConfigError, ReadOnlyLibraryError, StorageError
-from lbsearch.ingest.pipeline import IngestOptions, Ingestor, IngestProgress, IngestReport
-from lbsearch.ingest.scan import ScanRoot
 from lbsearch.modalities import check_all, lookup
 from lbsearch.models import Encoder, load_checkpoint
 from lbsearch.models.registry import MODEL_SETS, model_set
@@ -33,6 +31,9 @@ from lbsearch.search.engine import Filters, Hit, QueryPart
 from lbsearch.storage.database import SQLITE_FILE_NAME, Database
 from lbsearch.storage.records import FileRecord
 from lbsearch.storage.store import Disagreement, IndexStore
+
+if TYPE_CHECKING:  # ingestion imports the media readers (seconds), which searching never needs
+    from lbsearch.ingest.pipeline import IngestOptions, IngestProgress, IngestReport
 
 DEFAULT_INDEX = "indexes"
 MODEL_SET_SETTING = "model_set"
@@ -185,6 +186,9 @@ class Library:
     ) -> IngestReport:
         """Index folders (recursively): new and changed files are embedded, moved ones recognised, deleted ones
         dropped. ``as_modality`` ("depth", "thermal", "image") says what the images under these folders are."""
+        from lbsearch.ingest.pipeline import IngestOptions, Ingestor
+        from lbsearch.ingest.scan import ScanRoot
+
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         self._require_writable("index files")

@@ -181,9 +181,11 @@ class IndexStore:
         index = VectorIndex.read(path)
         seen, mark = index.watermarks, self.db.watermark()
         held = index.ids()
-        if len(held) and held.max() > seen["max_vector_id"]:
-            raise IndexFileError(path, f"its header says it holds vectors up to id {seen['max_vector_id']}, "
-                                       f"but it holds id {held.max()}")
+        # Ids past the database's newest are unknown vectors, which `verify` lists as such.
+        early = held[(held > seen["max_vector_id"]) & (held <= mark.max_vector_id)]
+        if len(early):
+            raise IndexFileError(path, f"its header watermark says it holds vectors up to id "
+                                       f"{seen['max_vector_id']}, but it holds id {early.max()}")
         if seen["max_vector_id"] > mark.max_vector_id or seen["delete_seq"] > mark.delete_seq:
             raise IndexFileError(path, f"its header watermarks {seen} are ahead of the database's "
                                        f"{{'max_vector_id': {mark.max_vector_id}, 'delete_seq': {mark.delete_seq}}}")
