@@ -17,7 +17,7 @@ import sqlite3
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,10 +153,10 @@ def assert_disk_full_then_recovered(index: Path, media: Path, fill: Callable[[],
 def test_a_full_disk_stops_index_with_one_line_and_a_rerun_completes(library: Path, tmp_path: Path) -> None:
     """Simulated: SQLite's page limit gives the very error a full disk gives."""
     write_images(tmp_path / "more", 40, seed=1)
-    limit = page_limit(2)
-    assert_disk_full_then_recovered(
-        library, tmp_path / "more", fill=limit.__enter__, free=lambda: limit.__exit__(None, None, None)
-    )
+    with ExitStack() as stack:
+        assert_disk_full_then_recovered(
+            library, tmp_path / "more", fill=lambda: stack.enter_context(page_limit(2)), free=stack.close
+        )
 
 
 def test_a_full_tmpfs_stops_index_with_one_line_and_a_rerun_completes(built: Built, tmp_path: Path) -> None:
