@@ -15,6 +15,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
@@ -421,3 +423,21 @@ def test_checkpoint_shards_must_stay_inside_their_folder(tmp_path: Path, shard: 
         read_state_dict(folder)
     index.write_text(json.dumps({"weight_map": {"v": "inside.safetensors"}}))
     assert set(read_state_dict(folder)) == {"v"}
+
+
+def test_a_text_search_imports_no_media_readers(built: Built) -> None:
+    """The warm path of repeated CLI searches: a text search pays for torch and its text tower only, not for
+    torchvision, torchaudio, PyAV, decord or the open_clip package (seconds of imports per search)."""
+    script = (
+        "import sys\n"
+        "from lbsearch.cli import app\n"
+        f"app(['search', 'a red square', '--in', 'image', '--json', '--index', {str(built.index)!r}],"
+        " standalone_mode=False)\n"
+        "heavy = ('torchvision', 'torchaudio', 'av', 'decord', 'open_clip', 'lbsearch.ingest.pipeline')\n"
+        "print('IMPORTED', sorted(name for name in heavy if name in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300, check=True
+    )
+    assert json.loads(done.stdout.split("IMPORTED")[0])  # it did search, and found hits
+    assert done.stdout.split("IMPORTED")[1].strip() == "[]"
