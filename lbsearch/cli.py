@@ -188,11 +188,7 @@ def index(
     from lbsearch.ingest.pipeline import IngestOptions
     from lbsearch.models.registry import parse_model_options
 
-    lib = open_library(index_dir, db, device, create=True)
-    if models:
-        lib.use_models(models)
-    if model:
-        lib.use_models(parse_model_options(model))
+    # Options first: a value out of range must not leave a new, empty library behind.
     options = IngestOptions(
         windows=WindowSpec(window, hop),
         workers=workers,
@@ -200,6 +196,11 @@ def index(
         include_hidden=hidden,
         retry_failed=retry_failed,
     )
+    lib = open_library(index_dir, db, device, create=True)
+    if models:
+        lib.use_models(models)
+    if model:
+        lib.use_models(parse_model_options(model))
     bar = None
     plain = PlainProgress()
 

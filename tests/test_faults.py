@@ -351,6 +351,8 @@ def test_out_of_range_options_are_typed_errors_in_the_library_and_one_line_in_th
     code, _, stderr = cli("index", built.media, "--window", "-1", "--index", library)
     assert code == 1
     assert_one_line_error(stderr, "--window -1", ">= 0")
+    code, _, stderr = cli("index", built.media, "--window", "-1", "--index", library.parent / "new-index")
+    assert code == 1 and not (library.parent / "new-index").exists()
     with pytest.raises(ConfigError, match="window length"):
         WindowSpec(-1, 5)
     with pytest.raises(ConfigError, match="workers"):
