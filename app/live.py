@@ -33,6 +33,23 @@ STARTUP_SECONDS = 90
 VIEWPORT = {"width": 1400, "height": 1000}
 
 
+def server_command(port: int, address: str, *options: str) -> list[str]:
+    """The Streamlit server of the UI, as `lbsearch ui` and the tests start it. ``toolbarMode=viewer`` hides
+    Streamlit's developer toolbar and Deploy button: a user of lbsearch has nothing to deploy."""
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP),
+        f"--server.address={address}",
+        f"--server.port={port}",
+        "--browser.gatherUsageStats=false",
+        "--client.toolbarMode=viewer",
+        *options,
+    ]
+
+
 def chromium() -> str | None:
     """Debian's chromium, when installed."""
     return shutil.which("chromium")
@@ -57,22 +74,9 @@ def running_app(index: str | Path, env: dict[str, str] | None = None) -> Iterato
     """Serve the UI on a free loopback port for the library at ``index``; yields its URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(APP),
-        "--server.address=127.0.0.1",
-        f"--server.port={port}",
-        "--server.headless=true",
-        "--server.fileWatcherType=none",
-        "--browser.gatherUsageStats=false",
-        "--client.toolbarMode=minimal",
-        "--",
-        "--index",
-        str(index),
-    ]
+    command = server_command(
+        port, "127.0.0.1", "--server.headless=true", "--server.fileWatcherType=none", "--", "--index", str(index)
+    )
     with tempfile.TemporaryFile() as log:
         server = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=APP.parent.parent

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from lbsearch.errors import ConfigError, LbsearchError
 
@@ -24,14 +24,31 @@ err_console = Console(stderr=True)
 
 
 class Commands(typer.core.TyperGroup):
-    """Turns every lbsearch error raised by a command into a message and an exit code, never a traceback."""
+    """Turns every lbsearch, database and OS error raised by a command into a one-line message and exit code 1,
+    never a traceback."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except LbsearchError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        except Exception as exc:
+            if not _environment_error(exc):
+                raise
+            err_console.print(f"[bold red]error:[/] {_one_line(exc)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
+
+
+def _environment_error(exc: Exception) -> bool:
+    """lbsearch's own errors and failures of the world around it (files, disks, databases), as opposed to bugs.
+    SQLAlchemy is recognised by module, so that the CLI does not import it before a command needs it."""
+    return isinstance(exc, (LbsearchError, OSError)) or type(exc).__module__.startswith("sqlalchemy.")
+
+
+def _one_line(exc: Exception) -> str:
+    """lbsearch's message; of another error, its first line (SQLAlchemy appends the statement and a help link)."""
+    if isinstance(exc, LbsearchError):
+        return str(exc)
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 app = typer.Typer(
@@ -81,6 +98,11 @@ def open_library(index: Path | None, db: str | None, device: str | None = None, 
     return Library.open(index, db=db, device=device, create=create)
 
 
+def folded(header: str) -> Column:
+    """A table column for paths: folded onto more lines when the terminal is narrow, never cut with "…"."""
+    return Column(header, overflow="fold")
+
+
 def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
@@ -105,6 +127,33 @@ def to_float(value: str, what: str) -> float:
 
 
 # --------------------------------------------------------------------------------------------- index
+
+# On a non-terminal, index progress is one plain line at most this often (and once at the end).
+PLAIN_PROGRESS_SECONDS = 5.0
+
+
+class PlainProgress:
+    """Index progress for logs: a status line at most every `PLAIN_PROGRESS_SECONDS`, and the final count."""
+
+    def __init__(self) -> None:
+        self.last: float | None = None
+        self.shown: tuple[int, int] | None = None
+
+    def update(self, progress: Any) -> None:
+        import time
+
+        now = time.monotonic()
+        counts = (progress.files_done, progress.files_total)
+        finished = counts[0] >= counts[1] and counts != self.shown
+        if not finished and self.last is not None and now - self.last < PLAIN_PROGRESS_SECONDS:
+            return
+        self.last, self.shown = now, counts
+        print(
+            f"indexing: {progress.files_done}/{progress.files_total} files, "
+            f"{progress.segments_per_second:.1f} segments/s, {progress.errors} errors",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 @app.command()
@@ -139,9 +188,7 @@ def index(
     from lbsearch.ingest.pipeline import IngestOptions
     from lbsearch.models.registry import chosen_models
 
-    lib = open_library(index_dir, db, device, create=True)
-    if models or model:
-        lib.use_models(chosen_models(models, model or []))
+    # Options first: a value out of range must not leave a new, empty library behind.
     options = IngestOptions(
         windows=WindowSpec(window, hop),
         workers=workers,
@@ -149,11 +196,18 @@ def index(
         include_hidden=hidden,
         retry_failed=retry_failed,
     )
+    lib = open_library(index_dir, db, device, create=True)
+    if models or model:
+        lib.use_models(chosen_models(models, model or []))
     bar = None
+    plain = PlainProgress()
 
     def show(progress) -> None:
         nonlocal bar
         if as_json:
+            return
+        if not sys.stderr.isatty():  # a log file or a pipe: a bar's redraws would each become a line
+            plain.update(progress)
             return
         if bar is None:
             bar = tqdm(total=progress.files_total, unit="file", desc="indexing", file=sys.stderr)
@@ -310,7 +364,9 @@ def search(
     if not hits:
         console.print("No hits. (Is the library indexed? See `lbsearch status`.)")
         return
-    table = Table("#", "score", "z", "modality", "moment", "path", "parts", title=f"{len(hits)} hits")
+    table = Table(
+        "#", "score", "z", "modality", "moment", folded("path"), "parts", title=f"{len(hits)} hits"
+    )
     for hit in hits:
         moment = "whole" if hit.start is None else f"{hit.start:.1f}-{hit.end:.1f} s"
         parts_text = " ".join(f"{m} {v:+.3f}" for m, v in hit.parts.items())
@@ -341,7 +397,7 @@ def classify(
     if as_json:
         print_json(rows)
         return
-    table = Table("path", "labels", title=f"zero-shot labels ({modality})")
+    table = Table(folded("path"), "labels", title=f"zero-shot labels ({modality})")
     for row in rows:
         table.add_row(row["path"], ", ".join(f"{name} {p:.2f}" for name, p in row["labels"]))
     console.print(table)
@@ -361,7 +417,7 @@ def status(index_dir: IndexOption = None, db: DbOption = None, as_json: JsonOpti
         print_json(report)
         return
     console.print(f"[bold]{report['folder']}[/] ({report['database']})")
-    models = Table("modality", "checkpoint", title="Model set")
+    models = Table("modality", folded("checkpoint"), title="Model set")
     for modality, source in report["models"].items():
         models.add_row(modality, source)
     console.print(models)
@@ -457,23 +513,12 @@ def ui(
 
     Example: lbsearch ui --index ./indexes
     """
-    from lbsearch.app.live import APP
+    from lbsearch.app.live import server_command
+
     env = dict(os.environ)
     if index_dir is not None:
         env["LBSEARCH_INDEX"] = str(index_dir)
-    command = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(APP),
-        "--server.port",
-        str(port),
-        "--server.address",
-        host,
-        "--browser.gatherUsageStats",
-        "false",
-    ]
+    command = server_command(port, host)
     # Become the server, so that a signal to this process (Ctrl-C, SIGTERM) reaches it and leaves no orphan.
     os.execve(sys.executable, command, env)
 
@@ -499,7 +544,9 @@ def demo(
     ingest = report.ingest
     console.print(f"Indexed {ingest.embedded} files ({ingest.vectors} vectors) in {ingest.seconds:.1f} s.\n")
     for query in report.queries:
-        table = Table("#", "score", "z", "moment", "path", title=f"{query.kind}: {query.query}", title_justify="left")
+        table = Table(
+            "#", "score", "z", "moment", folded("path"), title=f"{query.kind}: {query.query}", title_justify="left"
+        )
         for hit in query.hits:
             moment = "whole" if hit.start is None else f"{hit.start:.1f}-{hit.end:.1f} s"
             table.add_row(
@@ -533,7 +580,7 @@ def models_list(as_json: JsonOption = False) -> None:
     for hub_id, modality in RELEASED.items():
         table.add_row(hub_id, modality)
     console.print(table)
-    sets = Table("set", "modality", "checkpoint", title="Model sets (--models NAME)")
+    sets = Table("set", "modality", folded("checkpoint"), title="Model sets (--models NAME)")
     for name, members in MODEL_SETS.items():
         for modality, source in members.items():
             sets.add_row(name, modality, source)

@@ -59,3 +59,11 @@ class MetricsError(LbsearchError):
 
 class DatasetError(LbsearchError):
     """A benchmark folder that does not hold the layout its adapter reads."""
+
+
+class ReadOnlyLibraryError(LbsearchError):
+    """A command that writes (index, remove, reindex, verify --repair) on a library that cannot be written."""
+
+
+class StorageError(LbsearchError):
+    """The library's database or disk failed: a corrupt database file, a full disk, an I/O error."""

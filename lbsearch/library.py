@@ -7,6 +7,9 @@
 
 Encoders are loaded lazily, once per process, and only the towers a call needs (text queries load only the
 language tower).
+
+A library whose folder cannot be written (a read-only mount, a shared NAS) opens read-only: search, status and
+verify work; what writes (add, remove, reindex, repair, use_models) raises `ReadOnlyLibraryError` up front.
 """
 
 from __future__ import annotations
@@ -14,14 +17,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from lbsearch.errors import ConfigError
-from lbsearch.ingest.pipeline import IngestOptions, Ingestor, IngestProgress, IngestReport
-from lbsearch.ingest.scan import ScanRoot
+from lbsearch.errors import ConfigError, ReadOnlyLibraryError, StorageError
 from lbsearch.models import Encoder
 from lbsearch.modelset import ModelSet
 from lbsearch.search.engine import SearchEngine
@@ -30,6 +31,9 @@ from lbsearch.search.results import Hit
 from lbsearch.storage.database import SQLITE_FILE_NAME, Database
 from lbsearch.storage.records import FileRecord
 from lbsearch.storage.store import Disagreement, IndexStore
+
+if TYPE_CHECKING:  # ingestion imports the media readers (seconds), which searching never needs
+    from lbsearch.ingest.pipeline import IngestOptions, IngestProgress, IngestReport
 
 DEFAULT_INDEX = "indexes"
 
@@ -81,6 +85,18 @@ class Library:
     def close(self) -> None:
         self.db.close()
 
+    @property
+    def read_only(self) -> bool:
+        """Whether the database or the folder of the FAISS files cannot be written."""
+        return self.db.read_only or not os.access(self.folder, os.W_OK)
+
+    def _require_writable(self, doing: str) -> None:
+        if self.read_only:
+            raise ReadOnlyLibraryError(
+                f"{self.folder}: the library is read-only (its folder cannot be written), so it cannot {doing}; "
+                "search, status and verify work"
+            )
+
     def __enter__(self) -> Library:
         return self
 
@@ -99,6 +115,7 @@ class Library:
 
         Named modalities replace those of the current set; others stay. Later runs and searches use it.
         """
+        self._require_writable("record a model set")
         return self.model_set.use(models)
 
     def encoder(self, modality: str, *, text_only: bool = False) -> Encoder:
@@ -137,8 +154,12 @@ class Library:
     ) -> IngestReport:
         """Index folders (recursively): new and changed files are embedded, moved ones recognised, deleted ones
         dropped. ``as_modality`` ("depth", "thermal", "image") says what the images under these folders are."""
+        from lbsearch.ingest.pipeline import IngestOptions, Ingestor
+        from lbsearch.ingest.scan import ScanRoot
+
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
+        self._require_writable("index files")
         roots = [ScanRoot(Path(p).expanduser(), as_modality) for p in paths]
         if not self.models:
             raise ConfigError("no model set chosen: pass --models NAME or --model MODALITY=CHECKPOINT")
@@ -150,6 +171,7 @@ class Library:
 
     def remove(self, paths: Iterable[str | os.PathLike]) -> int:
         """Forget files (or every file under folders); returns how many. Files on disk are not touched."""
+        self._require_writable("remove files")
         targets = [str(Path(p).expanduser().resolve()) for p in paths]
         ids = {r.id for r in self.db.files_under(targets)}
         ids |= {r.id for t in targets if (r := self.db.file_by_path(t)) is not None}
@@ -162,6 +184,7 @@ class Library:
 
         ``factory`` forces a FAISS factory string from now on ("" returns to the automatic choice).
         """
+        self._require_writable("rebuild its indexes")
         if factory is not None:
             self.db.set_setting("index_factory", factory or None)
         return [
@@ -192,10 +215,25 @@ class Library:
         return self.db.files(status)
 
     def verify(self) -> list[Disagreement]:
-        return self.store.verify()
+        """What is wrong: the database's own integrity (SQLite's check), then every way the FAISS files and the
+        database disagree."""
+        return self._database_damage() or self.store.verify()
 
     def repair(self) -> list[Disagreement]:
-        return self.store.repair()
+        """Rebuild what `verify` finds wrong with the FAISS files (a damaged database cannot be repaired here)."""
+        self._require_writable("repair its indexes")
+        return self._database_damage() or self.store.repair()
+
+    def _database_damage(self) -> list[Disagreement]:
+        try:
+            damage = self.db.integrity_problems()
+        except StorageError as exc:
+            return [Disagreement(-1, "", str(exc))]
+        if not damage:
+            return []
+        shown = "; ".join(damage[:3]) + (f"; and {len(damage) - 3} more" if len(damage) > 3 else "")
+        advice = "restore it from a backup, or start a new library"
+        return [Disagreement(-1, "", f"{self.db.name} is damaged ({shown}): {advice}")]
 
     def search(self, text: str | None = None, *, request: SearchRequest | None = None, **options: Any) -> list[Hit]:
         """Search the library with a sentence (``text``: text->X) and ``options``, or with a whole ``request``.

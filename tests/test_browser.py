@@ -100,6 +100,9 @@ def test_search_upload_and_library_pages_in_chromium(served, sample_media):
         page.set_default_timeout(TIMEOUT_MS)
         page.goto(url)
         live.settle(page)
+        # Streamlit's developer toolbar is hidden: nothing to deploy for a user of lbsearch.
+        expect(page.locator('[data-testid="stAppDeployButton"]')).to_have_count(0)
+        expect(page.get_by_role("button", name="Deploy")).to_have_count(0)
         page.get_by_label("What are you looking for?").fill(QUERY)
         page.keyboard.press("Enter")
         expect_sections(page, [f"{m} ({len(hits)})" for m, hits in every_modality.items()])

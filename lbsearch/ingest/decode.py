@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from lbsearch import modalities
-from lbsearch.errors import MediaError
+from lbsearch.errors import ConfigError, MediaError
 from lbsearch.preprocess import (
     MediaInfo,
     PreprocessSettings,
@@ -41,8 +41,11 @@ class WindowSpec:
     hop: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.length < 0 or (self.length > 0 and self.hop <= 0):
-            raise ValueError(f"window length must be >= 0 and hop > 0, got {self.length} / {self.hop}")
+        if not (self.length >= 0 and math.isfinite(self.length)) or (self.length > 0 and not self.hop > 0):
+            raise ConfigError(
+                f"--window {self.length:g} --hop {self.hop:g}: the window length must be >= 0 seconds (0: no "
+                "windows) and the hop > 0"
+            )
 
     def windows(self, duration: float | None) -> list[tuple[float, float]]:
         """Windows covering ``duration`` seconds; none when the media is not longer than one window.

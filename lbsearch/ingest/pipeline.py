@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from lbsearch import modalities
+from lbsearch.errors import ConfigError
 from lbsearch.ingest import scan
 from lbsearch.ingest.decode import DecodedPart, DecodeTask, ModelInput, WindowSpec, decode, follow_up_tasks
 from lbsearch.models import Encoder
@@ -59,6 +60,13 @@ class IngestOptions:
     retry_failed: bool = False
     # torch threads for encoding while the workers decode; None: chosen per encoder (`Ingestor._encoding_threads`).
     encode_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers < 0 or self.batch_size < 1 or (self.encode_threads is not None and self.encode_threads < 1):
+            raise ConfigError(
+                f"workers {self.workers}, batch size {self.batch_size}, encode threads {self.encode_threads}: "
+                "workers must be >= 0, the batch size and encode threads >= 1"
+            )
 
     @property
     def max_in_flight(self) -> int:
@@ -137,9 +145,10 @@ class Ingestor:
             return self._plan_and_execute(roots, pool, started)
         finally:
             if pool is not None:
-                # Not waiting for the workers to exit (~50 ms when idle): the caller gets on sooner. Calls still
-                # running after Ctrl-C finish in the background and are dropped.
-                pool.shutdown(wait=False, cancel_futures=True)
+                # Waiting for the pool's manager thread: one left running races Python's exit handler, which then
+                # writes to the pipe the thread just closed ("Exception ignored ... Bad file descriptor"). Calls
+                # not yet started are dropped; those running (after Ctrl-C) are finished first.
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def _plan_and_execute(
         self, roots: Iterable[str | scan.ScanRoot], pool: cf.Executor | None, started: float

@@ -13,7 +13,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 
@@ -76,15 +76,31 @@ def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     for index_name in INDEX_FILES:
         index = folder / index_name
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
             state: dict[str, torch.Tensor] = {}
-            for shard in shards:
+            for shard in _shard_names(index):
                 state.update(_read_weight_file(folder / shard))
             return state
     for weight_name in WEIGHT_FILES:
         if (folder / weight_name).is_file():
             return _read_weight_file(folder / weight_name)
     raise CheckpointError(f"{folder}: no weights found (looked for {', '.join(WEIGHT_FILES + INDEX_FILES)})")
+
+
+def _shard_names(index: Path) -> list[str]:
+    """The shard files a sharded checkpoint's index names, each a plain relative path inside its folder.
+
+    Checked by name, not by resolving: the Hugging Face cache keeps shards as symlinks to blobs outside the
+    snapshot folder, while a name that is absolute or climbs with ``..`` would read any file on the machine."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{index}: not a readable shard index (a JSON object with a weight_map): {exc}") from exc
+    for name in names:
+        parts = PurePosixPath(name).parts if isinstance(name, str) else ()
+        if not parts or name.startswith(("/", "\\")) or "\\" in name or ".." in parts or ":" in parts[0]:
+            raise CheckpointError(f"{index}: shard {name!r} is not a file inside the checkpoint folder")
+    return names
 
 
 def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:

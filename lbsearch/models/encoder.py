@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +14,9 @@ from lbsearch.errors import LbsearchError
 from lbsearch.models.config import ModelConfig
 from lbsearch.models.tokenizer import tokenize
 from lbsearch.models.towers import TextTower, VisionTower
-from lbsearch.preprocess import PreprocessSettings, preprocessor_for
+
+if TYPE_CHECKING:
+    from lbsearch.preprocess import Preprocessor
 
 
 class Encoder:
@@ -41,7 +45,14 @@ class Encoder:
         self.source = source
         self.weights_hash = weights_hash
         self.text_hash = text_hash
-        self.preprocessor = preprocessor_for(self.modality, PreprocessSettings.from_vision_config(config.vision))
+
+    @cached_property
+    def preprocessor(self) -> Preprocessor:
+        """The official processor of this modality. Made on first use: the media readers it brings (torchvision,
+        torchaudio, PyAV) cost seconds to import, which a text search never needs."""
+        from lbsearch.preprocess import PreprocessSettings, preprocessor_for
+
+        return preprocessor_for(self.modality, PreprocessSettings.from_vision_config(self.config.vision))
 
     @property
     def dim(self) -> int:

@@ -10,6 +10,10 @@ Writes go through `Database.session(write=True)`, which serialises writers (BEGI
 advisory lock on PostgreSQL) so that ids and seqs become visible in increasing order. Readers never wait for a
 writer and see the last committed state (SQLite runs in WAL mode).
 
+An SQLite file whose folder cannot be written (a read-only mount, a shared NAS) is opened read-only: reads work,
+writes raise `ReadOnlyLibraryError`, and opening it writes nothing. Failures of the database itself (a corrupt
+file, a full disk, an I/O error) come out as one `StorageError` naming the database and what to do.
+
 The tables and their migrations are in `schema`, the records this class hands out in `records`. The class stays
 one module, longer than most: it is every SQL statement lbsearch runs, read in one sitting.
 """
@@ -17,6 +21,8 @@ one module, longer than most: it is every SQL statement lbsearch runs, read in o
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -40,10 +46,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from lbsearch.errors import LbsearchError
+from lbsearch.errors import LbsearchError, ReadOnlyLibraryError, StorageError
 from lbsearch.modalities import MODALITIES, lookup
+from lbsearch.storage import schema
 from lbsearch.storage.records import (
     EMBEDDING_DTYPE,
     FileFilter,
@@ -118,19 +126,34 @@ GroupKey = tuple[str, int] | int
 class Database:
     """The metadata database behind one index folder (or any SQLAlchemy URL)."""
 
-    def __init__(self, url: str | URL):
+    def __init__(self, url: str | URL, *, read_only: bool | None = None):
+        """``read_only``: open an SQLite file read-only (default: when it or its folder cannot be written)."""
         self.url = make_url(url)
         self.dialect = self.url.get_backend_name()
+        self.read_only = False
         if self.dialect == "sqlite":
-            self.engine = create_engine(self.url)
-            _configure_sqlite(self.engine)
+            path = self.url.database
+            on_disk = path not in (None, "", ":memory:")
+            self.read_only = on_disk and (not writable(Path(path)) if read_only is None else read_only)
+            creator = (lambda: _connect_read_only(Path(path))) if self.read_only else None
+            self.engine = create_engine(self.url, **({"creator": creator} if creator else {}))
+            _configure_sqlite(self.engine, self.read_only)
         else:
             self.engine = create_engine(self.url, pool_pre_ping=True)
         writer_engine = self.engine.execution_options(lbsearch_writer=True)
         self._reader_sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._writer_sessions = sessionmaker(writer_engine, expire_on_commit=False)
-        # Inside a writer transaction, so that two processes opening a new database do not both create it.
-        with self.session(write=True) as session:
+        # Opening a library that is up to date writes nothing (a search on a read-only copy must work).
+        with self.session() as session:
+            found = schema.schema_version(session.connection())
+        if found == schema.SCHEMA_VERSION:
+            return
+        if self.read_only and (found is None or found < schema.SCHEMA_VERSION):
+            what = "holds no library" if found is None else "needs an upgrade by this lbsearch"
+            raise ReadOnlyLibraryError(f"{self.name}: {what}, and cannot be written (read-only)")
+        # A newer version is refused by `migrate` before it writes. Inside a writer transaction, so that two
+        # processes opening a new database do not both create it.
+        with self.session(write=not self.read_only) as session:
             migrate(session.connection())
 
     @classmethod
@@ -156,19 +179,39 @@ class Database:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def name(self) -> str:
+        """The database as messages name it: its file, or its URL without the password."""
+        if self.dialect == "sqlite" and self.url.database:
+            return self.url.database
+        return self.url.render_as_string(hide_password=True)
+
     @contextmanager
     def session(self, write: bool = False) -> Iterator[Session]:
         """One transaction: committed when the block ends, rolled back when it raises.
 
         `write=True` first waits for any other writer to finish, so writes never interleave.
         """
+        if write and self.read_only:
+            raise ReadOnlyLibraryError(f"{self.name}: the library is read-only (its folder cannot be written)")
         sessions = self._writer_sessions if write else self._reader_sessions
-        with sessions.begin() as session:
-            if write:
-                session.connection()  # begin now (IMMEDIATE on SQLite), not at the first statement
-                if self.dialect == "postgresql":
-                    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_WRITER_LOCK})
-            yield session
+        try:
+            with sessions.begin() as session:
+                if write:
+                    session.connection()  # begin now (IMMEDIATE on SQLite), not at the first statement
+                    if self.dialect == "postgresql":
+                        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_WRITER_LOCK})
+                yield session
+        except DBAPIError as exc:
+            raise storage_error(self.name, exc) from exc
+
+    def integrity_problems(self) -> list[str]:
+        """What SQLite's own integrity check finds wrong with the file (empty: nothing; PostgreSQL: not run)."""
+        if self.dialect != "sqlite":
+            return []
+        with self.session() as session:
+            found = [row[0] for row in session.execute(text("PRAGMA integrity_check"))]
+        return [] if found == ["ok"] else found
 
     # ------------------------------------------------------------------------------------- settings
 
@@ -301,7 +344,8 @@ class Database:
                 _delete_orphan_items(session, item_ids)
 
     def file(self, file_id: int) -> FileRecord:
-        records = self._file_records(File.id == file_id)
+        # An id beyond 64 bits would not even reach the database (the driver overflows).
+        records = self._file_records(File.id == file_id) if 0 < file_id < 2**63 else []
         if not records:
             raise LbsearchError(f"no file with id {file_id} in the database")
         return records[0]
@@ -594,7 +638,7 @@ class Database:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, read_only: bool) -> None:
     """WAL, a busy timeout and foreign keys on every connection; transactions begun by us, not by sqlite3.
 
     The sqlite3 module's own transaction handling begins late (at the first write); taking it over lets a
@@ -605,7 +649,8 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        if not read_only:  # setting the journal mode writes the file header
+            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         # In WAL mode NORMAL survives a crash of the process; only a power cut can lose the last commits.
@@ -617,6 +662,42 @@ def _configure_sqlite(engine: Engine) -> None:
         writer = connection.get_execution_options().get("lbsearch_writer", False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
+
+def writable(path: Path) -> bool:
+    """Whether an SQLite file (or the one to be made there) and its folder, where SQLite keeps its -wal and -shm
+    files, can be written. `os.access` answers for read-only mounts even to root."""
+    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to ``path``, which cannot be written and whose folder may not be either.
+
+    A WAL database needs its -shm file, which SQLite cannot create in a read-only folder. After the last writer
+    closed, the -wal file is gone and the database file holds everything: it is opened as immutable (no shared
+    memory, no locks). A -wal file left behind holds commits the file lacks, so then SQLite must read it.
+    """
+    wal = path.with_name(path.name + "-wal")
+    leftover = wal.exists() and wal.stat().st_size > 0
+    uri = path.as_uri() + ("?mode=ro" if leftover else "?mode=ro&immutable=1")
+    return sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+
+def storage_error(database: str, exc: DBAPIError) -> StorageError:
+    """A failure of the database itself as one line: what went wrong with which database, and what to do."""
+    reason = str(exc.orig) if exc.orig is not None else str(exc)
+    lowered = reason.lower()
+    if "not a database" in lowered or "malformed" in lowered:
+        advice = "the file is damaged: restore it from a backup, or start a new library (move the index folder " \
+                 "away and run `lbsearch index` again)"
+    elif "disk is full" in lowered or "no space" in lowered:
+        advice = "free some space and run the command again: nothing already committed is lost"
+    elif "readonly" in lowered or "read-only" in lowered or "unable to open" in lowered:
+        advice = "check that the index folder exists and that you may write it"
+    elif "disk i/o" in lowered:
+        advice = "check the disk: is it full, failing or gone?"
+    else:
+        return StorageError(f"{database}: {reason}")
+    return StorageError(f"{database}: {reason}; {advice}")
 
 
 def _model_record(model: Model) -> ModelRecord:

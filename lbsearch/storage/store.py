@@ -5,6 +5,10 @@ Each FAISS file carries the watermarks (largest vector id, last deletion seq) it
 one applies whatever the database gained or lost since; a crash between a database commit and a file write
 therefore never leaves the two out of step. `rebuild` makes an index again from stored vectors, without
 re-embedding anything.
+
+Reading (`index`, `verify`, `status`) never writes a file: a missing or damaged one is built in memory for the
+search at hand, and written by the next command that writes (`index`, `verify --repair`, `reindex`). A file whose
+header watermarks do not fit what it holds or what the database has (a flipped bit) counts as damaged.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ class IndexStore:
         key = (model_id, modality)
         index = self._open.get(key)
         if index is None:
-            index = self._read_or_rebuild(model_id, modality)
+            index = self._read_or_build(model_id, modality)
         self._catch_up(index, model_id, modality)
         self._open[key] = index
         return index
@@ -97,21 +101,8 @@ class IndexStore:
 
     def rebuild(self, model_id: int, modality: str, factory: str | None = None) -> VectorIndex:
         """Build the index of (model, modality) again from the stored vectors and write it."""
-        mark = self.db.watermark()
-        ids, vectors = self._stored(model_id, modality, up_to_id=mark.max_vector_id)
-        factory = factory or self.forced_factory or (choose_factory(len(ids), vectors.shape[1]) if len(ids) else None)
-        dim = self.db.model(model_id).dim
-        if len(ids) == 0:
-            index = VectorIndex.build(np.empty((0, dim), np.float32), ids, factory=EXACT_FACTORY)
-        else:
-            # Exact search needs no tuning; skipping the queries spares encoding them (and loading a text tower).
-            tuned = self.recall_queries is not None and factory != EXACT_FACTORY
-            queries = self.recall_queries(model_id, modality) if tuned else None
-            index = VectorIndex.build(vectors, ids, factory=factory, recall_queries=queries)
-        index.watermarks = {"max_vector_id": mark.max_vector_id, "delete_seq": mark.delete_seq}
-        self._catch_up(index, model_id, modality)
+        index = self._build(model_id, modality, factory)
         self._write(index, model_id, modality)
-        self._open[(model_id, modality)] = index
         return index
 
     def verify(self) -> list[Disagreement]:
@@ -124,7 +115,7 @@ class IndexStore:
                 problems.append(Disagreement(model_id, modality, f"{path.name} is missing"))
                 continue
             try:
-                index = VectorIndex.read(path)
+                index = self._read(model_id, modality)
             except IndexFileError as exc:
                 problems.append(Disagreement(model_id, modality, str(exc)))
                 continue
@@ -171,16 +162,52 @@ class IndexStore:
             self._background[(model_id, modality)] = cached
         return cached[1]
 
-    def _read_or_rebuild(self, model_id: int, modality: str) -> VectorIndex:
+    def _read_or_build(self, model_id: int, modality: str) -> VectorIndex:
         path = self.path(model_id, modality)
         if path.exists():
             try:
-                index = VectorIndex.read(path)
+                index = self._read(model_id, modality)
                 self._on_disk[(model_id, modality)] = dict(index.watermarks)
                 return index
             except IndexFileError as exc:
-                log.warning("%s; rebuilding it from the stored vectors", exc)
-        return self.rebuild(model_id, modality)
+                log.warning("%s; searching an index built from the stored vectors (`lbsearch verify --repair` "
+                            "writes it)", exc)
+        return self._build(model_id, modality)
+
+    def _read(self, model_id: int, modality: str) -> VectorIndex:
+        """The file of (model, modality), refused (IndexFileError) when its watermarks cannot be right: below an
+        id it holds (catching up would add vectors twice) or above the database's (it would never catch up)."""
+        path = self.path(model_id, modality)
+        index = VectorIndex.read(path)
+        seen, mark = index.watermarks, self.db.watermark()
+        held = index.ids()
+        # Ids past the database's newest are unknown vectors, which `verify` lists as such.
+        early = held[(held > seen["max_vector_id"]) & (held <= mark.max_vector_id)]
+        if len(early):
+            raise IndexFileError(path, f"its header watermark says it holds vectors up to id "
+                                       f"{seen['max_vector_id']}, but it holds id {early.max()}")
+        if seen["max_vector_id"] > mark.max_vector_id or seen["delete_seq"] > mark.delete_seq:
+            raise IndexFileError(path, f"its header watermarks {seen} are ahead of the database's "
+                                       f"{{'max_vector_id': {mark.max_vector_id}, 'delete_seq': {mark.delete_seq}}}")
+        return index
+
+    def _build(self, model_id: int, modality: str, factory: str | None = None) -> VectorIndex:
+        """The index of (model, modality) built from the stored vectors, in memory."""
+        mark = self.db.watermark()
+        ids, vectors = self._stored(model_id, modality, up_to_id=mark.max_vector_id)
+        factory = factory or self.forced_factory or (choose_factory(len(ids), vectors.shape[1]) if len(ids) else None)
+        dim = self.db.model(model_id).dim
+        if len(ids) == 0:
+            index = VectorIndex.build(np.empty((0, dim), np.float32), ids, factory=EXACT_FACTORY)
+        else:
+            # Exact search needs no tuning; skipping the queries spares encoding them (and loading a text tower).
+            tuned = self.recall_queries is not None and factory != EXACT_FACTORY
+            queries = self.recall_queries(model_id, modality) if tuned else None
+            index = VectorIndex.build(vectors, ids, factory=factory, recall_queries=queries)
+        index.watermarks = {"max_vector_id": mark.max_vector_id, "delete_seq": mark.delete_seq}
+        self._catch_up(index, model_id, modality)
+        self._open[(model_id, modality)] = index
+        return index
 
     def _catch_up(self, index: VectorIndex, model_id: int, modality: str) -> None:
         """Apply the deletions and additions committed after the index's watermarks."""
