@@ -33,6 +33,10 @@ class IndexFileError(PathError):
     """An index file that cannot be written or read back (missing, truncated, corrupt): rebuild it."""
 
 
+class StorageError(LbsearchError):
+    """The library's own storage failed (its database, its disk): the run stops, and what it committed stays."""
+
+
 class CheckpointError(LbsearchError):
     """A checkpoint that cannot be found, read or matched to its architecture."""
 

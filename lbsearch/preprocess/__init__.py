@@ -16,7 +16,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from lbsearch import modalities
-from lbsearch.preprocess.audio import AudioPreprocessor, audio_tensor, cut_window, load_audio, resample_waveform
+from lbsearch.preprocess.audio import (
+    AudioPreprocessor,
+    AudioTrack,
+    audio_tensor,
+    cut_window,
+    load_audio,
+    read_audio,
+    resample_waveform,
+    scan_audio,
+    track_tensor,
+)
 from lbsearch.preprocess.common import CLIP_MEAN, CLIP_STD, Preprocessor
 from lbsearch.preprocess.depth import DepthPreprocessor
 from lbsearch.preprocess.image import ImagePreprocessor, ThermalPreprocessor
@@ -50,6 +60,7 @@ __all__ = [
     "CLIP_STD",
     "PREPROCESSORS",
     "AudioPreprocessor",
+    "AudioTrack",
     "DepthPreprocessor",
     "ImagePreprocessor",
     "MediaInfo",
@@ -63,7 +74,10 @@ __all__ = [
     "load_audio",
     "preprocessor_for",
     "probe",
+    "read_audio",
     "resample_waveform",
     "sample_indices",
+    "scan_audio",
+    "track_tensor",
     "video_tensor",
 ]

@@ -7,6 +7,9 @@ Chunks of long clips start at the first index of each third, the official code's
 
 from __future__ import annotations
 
+import math
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -24,6 +27,10 @@ from lbsearch.preprocess.settings import PreprocessSettings
 _FRAME_LENGTH_MS = 25.0
 _FRAME_SHIFT_MS = 10.0
 
+# torchaudio.functional.resample's defaults, which fix how far its filter reaches.
+_LOWPASS_FILTER_WIDTH = 6
+_ROLLOFF = 0.99
+
 # Integer sample formats and the divisor that maps them to [-1, 1) (torchaudio.load's normalisation).
 # Planar variants ("s16p", ...) share the entry of their packed name.
 _INT_FORMATS = {"u8": 128.0, "s16": 2.0**15, "s32": 2.0**31, "s64": 2.0**63}
@@ -33,30 +40,127 @@ _FLOAT_FORMATS = {"flt", "dbl"}
 _RIFF_UNKNOWN_SIZES = {0, 0xFFFFFFFF}
 # Open a WAV from its header alone: no probing read-ahead.
 _WAV_OPEN_OPTIONS = {"probesize": "32", "analyzeduration": "0"}
+# Decoding after a seek starts this long before the first sample wanted: a compressed track (AAC, MP3) gives
+# exact samples only a frame or two after the point where decoding starts.
+_SEEK_PREROLL_SECONDS = 1.0
+# Codecs whose frames decode alone: after a seek they give the samples a decoding from the start gives.
+_EXACT_SEEK_CODEC_PREFIXES = ("pcm_", "flac")
+
+
+@dataclass(frozen=True)
+class AudioTrack:
+    """What one streaming pass over the first audio track of a file found: enough to plan every read of it."""
+
+    sample_rate: int
+    channels: int
+    samples: int
+    mean: float  # of every sample of every channel
+
+    @property
+    def duration(self) -> float:
+        return self.samples / self.sample_rate
 
 
 def load_audio(path: str | Path) -> tuple[torch.Tensor, int]:
     """Decode the first audio track of ``path``: float32 waveform [channels, samples] and its sample rate."""
+    return read_audio(path)
+
+
+def read_audio(
+    path: str | Path, start: float | None = None, end: float | None = None, exact: bool = True
+) -> tuple[torch.Tensor, int]:
+    """The samples of [start, end) seconds of the first audio track of ``path`` (None: its beginning, its end):
+    float32 [channels, samples] and the sample rate, cut as `cut_window` cuts the whole waveform.
+
+    Memory follows the span, not the file. Past the beginning the decoder seeks (to ``_SEEK_PREROLL_SECONDS``
+    before ``start``) where that gives the very samples a decoding from the beginning gives (PCM, FLAC), and
+    decodes from the beginning otherwise; ``exact=False`` seeks in any track: a lossy decoder (AAC, MP3) then
+    gives samples that differ in their last bit or so (its noise generator's state), in time that follows the span.
+    """
     path = require_file(path)
+    blocks: list[np.ndarray] = []
+    rate = 0
+    span: tuple[int, int] | None = None
+    for index, block, rate in _decoded_blocks(path, start or 0.0, exact):
+        if span is None:  # the rate is the decoder's, known from the first frame on
+            span = window_bounds(sys.maxsize, rate, start, end, path)
+        first, stop = span
+        if index >= stop:
+            break
+        begin, finish = max(first - index, 0), min(stop - index, block.shape[1])
+        if finish > begin:
+            blocks.append(block[:, begin:finish])
+    if not blocks:
+        where = "" if start is None else f" in [{start}, {end}) s"
+        raise MediaError(path, f"no audio samples{where}")
+    return torch.from_numpy(np.concatenate(blocks, axis=1)), rate
+
+
+def scan_audio(path: str | Path, keep: int) -> tuple[AudioTrack, torch.Tensor | None]:
+    """Rate, channels, length and mean of the first audio track of ``path`` from one decoding pass, and the
+    waveform too when it holds at most ``keep`` values (samples x channels). Past that the pass holds one frame at
+    a time: what a header claims (a WAV may say it lasts hours) is never allocated."""
+    path = require_file(path)
+    blocks: list[np.ndarray] | None = []
+    samples, total, channels, rate = 0, 0.0, 0, 0
+    for _, block, frame_rate in _decoded_blocks(path):
+        rate, channels = frame_rate, block.shape[0]
+        samples += block.shape[1]
+        total += float(block.sum(dtype=np.float64))
+        if blocks is not None:
+            blocks.append(block)
+            if samples * channels > keep:
+                blocks = None
+    if samples == 0:
+        raise MediaError(path, "no audio samples")
+    track = AudioTrack(rate, channels, samples, total / (samples * channels))
+    return track, None if blocks is None else torch.from_numpy(np.concatenate(blocks, axis=1))
+
+
+def _decoded_blocks(path: Path, seconds: float = 0.0, exact: bool = True) -> Iterator[tuple[int, np.ndarray, int]]:
+    """(index of its first sample, float32 samples [channels, n], sample rate) of each decoded frame of the
+    first audio track, from the frame holding the sample at ``seconds`` or an earlier one (`read_audio` says
+    when it seeks)."""
     # A WAV header states the codec, rate and channels: FFmpeg's stream probing (it decodes ahead to find them)
     # took 55-80% of decoding a WAV, and the samples are the same without it.
     options = _WAV_OPEN_OPTIONS if _checked_wav(path) else {}
-    blocks: list[np.ndarray] = []
-    rates: set[int] = set()
+    layout: tuple[int, int] | None = None  # (rate, channels) of the first frame: every frame must match it
     try:
         with av.open(str(path), options=options) as container:
             if not container.streams.audio:
                 raise MediaError(path, "no audio track")
-            for frame in container.decode(container.streams.audio[0]):
-                blocks.append(_frame_samples(frame, path))
-                rates.add(frame.sample_rate)
+            stream = container.streams.audio[0]
+            seekable = not exact or stream.codec_context.name.startswith(_EXACT_SEEK_CODEC_PREFIXES)
+            index = _seek(container, stream, seconds) if seekable else 0
+            for frame in container.decode(stream):
+                block = _frame_samples(frame, path)
+                if layout is None:
+                    layout = (frame.sample_rate, block.shape[0])
+                    if index is None:  # after a seek the frame's own timestamp says where it is
+                        index = _sample_index(frame, stream, path)
+                elif layout != (frame.sample_rate, block.shape[0]):
+                    raise MediaError(path, "the sample rate or channel count changes inside the audio track")
+                yield index, block, frame.sample_rate
+                index += block.shape[1]
     except av.FFmpegError as exc:
         raise MediaError(path, f"cannot decode audio: {short_reason(exc)}") from exc
-    if not blocks or sum(block.shape[1] for block in blocks) == 0:
-        raise MediaError(path, "no audio samples")
-    if len(rates) != 1 or len({block.shape[0] for block in blocks}) != 1:
-        raise MediaError(path, "the sample rate or channel count changes inside the audio track")
-    return torch.from_numpy(np.concatenate(blocks, axis=1)), rates.pop()
+
+
+def _seek(container: av.container.InputContainer, stream: av.AudioStream, seconds: float) -> int | None:
+    """Move the decoder to a frame a little before ``seconds``: None when it moved (the first frame's timestamp
+    then gives its index), 0 when decoding starts at the beginning."""
+    seconds -= _SEEK_PREROLL_SECONDS
+    if seconds <= 0 or stream.time_base is None or stream.start_time is None:
+        return 0
+    container.seek(stream.start_time + int(seconds / stream.time_base), stream=stream, backward=True)
+    return None
+
+
+def _sample_index(frame: av.AudioFrame, stream: av.AudioStream, path: Path) -> int:
+    """The index of a frame's first sample counted from the track's first sample, by its timestamp."""
+    if frame.pts is None:
+        raise MediaError(path, "cannot seek in the audio track: its frames have no timestamps")
+    return round((frame.pts - stream.start_time) * stream.time_base * frame.sample_rate)
 
 
 def _frame_samples(frame: av.AudioFrame, path: Path) -> np.ndarray:
@@ -116,11 +220,50 @@ def audio_tensor(
         raise MediaError(source, f"expected a non-empty [channels, samples] waveform, got {tuple(waveform.shape)}")
     wave = resample_waveform(waveform.float(), sample_rate, settings.sample_rate)
     wave = wave - wave.mean()  # over every channel, though the filter bank reads channel 0 only
-    window_samples = int(settings.sample_rate * _FRAME_LENGTH_MS * 0.001)  # kaldi's own rounding
-    if wave.shape[1] < window_samples:
+    frame_samples, _ = _frame_geometry(settings)
+    if wave.shape[1] < frame_samples:
         seconds = waveform.shape[1] / sample_rate
         raise MediaError(source, f"audio too short ({seconds:.4f} s): it needs one {_FRAME_LENGTH_MS:g} ms frame")
-    fbank = kaldi.fbank(
+    fbank = _fbank(wave, settings)
+    length = settings.target_length
+    if fbank.shape[0] <= length:
+        tiled = fbank.repeat(length // fbank.shape[0] + 1, 1)[:length]
+        return _normalised([tiled, tiled, tiled], settings)
+    return _normalised([fbank[begin : begin + length] for begin in _chunk_starts(fbank.shape[0], length)], settings)
+
+
+def track_tensor(path: str | Path, track: AudioTrack, settings: PreprocessSettings) -> torch.Tensor:
+    """``audio_tensor`` of the whole track of ``path`` (as `scan_audio` measured it), reading only the samples of
+    its three chunks and the resampling filter's reach around them: a long file is never held in memory.
+
+    The whole-file path subtracts the resampled wave's mean before the filter bank; this one subtracts the mean
+    of the decoded samples. The filter bank removes each frame's own mean, so the two agree up to rounding.
+    """
+    path = require_file(path)
+    frame_samples, frame_shift = _frame_geometry(settings)
+    resampled = _resampled_length(track.samples, track.sample_rate, settings.sample_rate)
+    frames = 1 + (resampled - frame_samples) // frame_shift if resampled >= frame_samples else 0
+    length = settings.target_length
+    if frames <= length:  # short: the frames are tiled, and the file is small
+        return audio_tensor(*load_audio(path), settings, path)
+    chunks = []
+    for begin in _chunk_starts(frames, length):
+        first = begin * frame_shift
+        wave = _resampled_span(
+            path, track, settings.sample_rate, first, first + (length - 1) * frame_shift + frame_samples
+        )
+        chunks.append(_fbank(wave - np.float32(track.mean), settings)[:length])
+    return _normalised(chunks, settings)
+
+
+def _frame_geometry(settings: PreprocessSettings) -> tuple[int, int]:
+    """Samples per filter-bank frame and between frames, with kaldi's own rounding."""
+    return int(settings.sample_rate * _FRAME_LENGTH_MS * 0.001), int(settings.sample_rate * _FRAME_SHIFT_MS * 0.001)
+
+
+def _fbank(wave: torch.Tensor, settings: PreprocessSettings) -> torch.Tensor:
+    """The official kaldi filter bank of channel 0: [frames, num_mel_bins]."""
+    return kaldi.fbank(
         wave,
         htk_compat=True,
         sample_frequency=settings.sample_rate,
@@ -131,19 +274,48 @@ def audio_tensor(
         frame_length=_FRAME_LENGTH_MS,
         frame_shift=_FRAME_SHIFT_MS,
     )
-    chunks = _three_chunks(fbank, settings.target_length).transpose(1, 2)
-    return ((chunks - settings.audio_mean) / (2 * settings.audio_std)).contiguous()
 
 
-def _three_chunks(fbank: torch.Tensor, length: int) -> torch.Tensor:
-    """[frames, M] -> [3, length, M]: three fixed chunks of a long clip, or three copies of a tiled short one."""
-    frames = fbank.shape[0]
-    if frames <= length:
-        tiled = fbank.repeat(length // frames + 1, 1)[:length]
-        return torch.stack([tiled, tiled, tiled])
+def _chunk_starts(frames: int, length: int) -> list[int]:
+    """First frames of the three chunks of a clip longer than one chunk: the first index of each third."""
     thirds = np.array_split(np.arange(frames - length + 1), 3)
-    starts = [int(third[0]) if len(third) else 0 for third in thirds]
-    return torch.stack([fbank[begin : begin + length] for begin in starts])
+    return [int(third[0]) if len(third) else 0 for third in thirds]
+
+
+def _normalised(chunks: list[torch.Tensor], settings: PreprocessSettings) -> torch.Tensor:
+    """Three [length, M] chunks -> the model input [3, M, length]."""
+    stacked = torch.stack(chunks).transpose(1, 2)
+    return ((stacked - settings.audio_mean) / (2 * settings.audio_std)).contiguous()
+
+
+def _resampled_length(samples: int, rate: int, target: int) -> int:
+    """How many samples ``resample_waveform`` makes of ``samples`` (its own float arithmetic)."""
+    if rate == target:
+        return samples
+    divisor = math.gcd(rate, target)
+    return int(torch.ceil(torch.as_tensor(target // divisor * samples / (rate // divisor))))
+
+
+def _resampled_span(path: Path, track: AudioTrack, target: int, first: int, stop: int) -> torch.Tensor:
+    """Samples [first, stop) of the track resampled to ``target`` Hz, equal to those of the whole resampled track.
+
+    ``resample_waveform`` makes ``new`` samples from each block of ``old`` input samples (the rates over their
+    gcd), from the inputs within the filter's reach of the block; the span is resampled from whole blocks
+    reaching a block past that on each side.
+    """
+    rate = track.sample_rate
+    if rate == target:
+        return read_audio(path, first / rate, stop / rate)[0]
+    divisor = math.gcd(rate, target)
+    old, new = rate // divisor, target // divisor
+    reach = math.ceil(_LOWPASS_FILTER_WIDTH * old / (min(old, new) * _ROLLOFF))  # torchaudio's kernel width
+    margin = math.ceil(reach / old) + 1
+    first_block = max(first // new - margin, 0)
+    last_block = -(-stop // new) + margin
+    waveform, _ = read_audio(path, first_block * old / rate, min(last_block * old, track.samples) / rate)
+    resampled = resample_waveform(waveform, rate, target)
+    offset = first_block * new
+    return resampled[:, first - offset : stop - offset]
 
 
 @dataclass(frozen=True)
