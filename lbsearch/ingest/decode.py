@@ -12,6 +12,7 @@ decodes only its own span (the whole-file input: its three chunks), so memory do
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -25,7 +26,6 @@ from lbsearch.preprocess import (
     PreprocessSettings,
     VideoFrames,
     audio_tensor,
-    cut_window,
     preprocessor_for,
     probe,
     read_audio,
@@ -33,6 +33,7 @@ from lbsearch.preprocess import (
     track_tensor,
     video_tensor,
 )
+from lbsearch.preprocess.common import window_bounds
 
 WINDOWS_PER_PART = 16
 # Samples x channels of an audio track kept from its first decoding pass (64 MiB of float32: 35 minutes of 16 kHz
@@ -195,21 +196,34 @@ def _decode_audio(task: DecodeTask, result: DecodedPart, spans, lenient: bool) -
     if spans is None:
         spans = _spans(task, result, track.duration if track is not None else None)
     settings = task.settings["audio"]
-    for start, end in spans:
+    if (None, None) in spans:
+        if waveform is not None:
+            whole = audio_tensor(waveform, track.sample_rate, settings, task.path)
+        else:
+            whole = track_tensor(task.path, track, settings)
+        result.inputs.append(ModelInput("audio", None, None, whole))
+    windows = [(start, end) for start, end in spans if start is not None]
+    if not windows:
+        return
+    # The windows are cut from one span holding them all (or from the whole waveform, when it is held), with
+    # the whole track's sample indices: as `cut_window` cuts them from the whole waveform.
+    offset, rate = 0, track.sample_rate if track is not None else 0
+    if waveform is None:
         try:
-            if waveform is not None:
-                piece, rate = cut_window(waveform, track.sample_rate, start, end, source=task.path), track.sample_rate
-            elif start is None and end is None:
-                result.inputs.append(ModelInput("audio", None, None, track_tensor(task.path, track, settings)))
-                continue
-            else:
-                # Seeking even in a lossy track: its samples then differ in the last bit from a decoding from the
-                # start, where decoding from the start for each window would make a long file's time quadratic.
-                piece, rate = read_audio(task.path, start, end, exact=False)
+            waveform, rate = read_audio(task.path, windows[0][0], max(end for _, end in windows))
         except MediaError:
-            if lenient and start is not None:
+            if lenient:  # the sound track ends before these windows of the pictures
+                return
+            raise
+        offset = window_bounds(sys.maxsize, rate, windows[0][0], None, task.path)[0]
+    for start, end in windows:
+        try:
+            first, stop = window_bounds(offset + waveform.shape[1], rate, start, end, task.path)
+        except MediaError:
+            if lenient:
                 continue
             raise
+        piece = waveform[:, first - offset : stop - offset]
         result.inputs.append(ModelInput("audio", start, end, audio_tensor(piece, rate, settings, task.path)))
 
 
