@@ -26,6 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
 
+from benchmarks.memory import write_long_video, write_sparse_wav
 from lbsearch import paths
 from lbsearch.cli import app
 from lbsearch.errors import MediaError, StorageError
@@ -67,43 +68,6 @@ def write_sound_only_mp4(path: Path, seconds: float, rate: int = 16000) -> Path:
         frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
         frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
         container.mux(sound.encode(frame))
-        container.mux(sound.encode(None))
-    return path
-
-
-def write_sparse_wav(path: Path, seconds: int, rate: int = 16000) -> Path:
-    """A 16-bit mono WAV of ``seconds`` of silence that takes no disk space: a header, then a hole."""
-    data = seconds * rate * 2
-    fmt = (1).to_bytes(2, "little") + (1).to_bytes(2, "little") + rate.to_bytes(4, "little")
-    fmt += (2 * rate).to_bytes(4, "little") + (2).to_bytes(2, "little") + (16).to_bytes(2, "little")
-    header = b"RIFF" + (36 + data).to_bytes(4, "little") + b"WAVEfmt " + (16).to_bytes(4, "little") + fmt
-    header += b"data" + data.to_bytes(4, "little")
-    with path.open("wb") as handle:
-        handle.write(header)
-        handle.truncate(len(header) + data)
-    return path
-
-
-def write_long_video(path: Path, seconds: int, fps: int = 1, size: int = 16, rate: int = 8000) -> Path:
-    """An H.264 Matroska video of ``seconds`` at tiny size with a PCM sound track: long, and cheap to write."""
-    rng = np.random.default_rng(5)
-    with av.open(str(path), mode="w", format="matroska") as container:
-        video = container.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = size, size, "yuv420p"
-        video.options = {"preset": "ultrafast"}
-        sound = container.add_stream("pcm_s16le", rate=rate)
-        sound.layout = "mono"
-        for index in range(seconds * fps):
-            picture = av.VideoFrame.from_ndarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), format="rgb24")
-            picture.pts = index
-            container.mux(video.encode(picture))
-        container.mux(video.encode(None))
-        block = 60 * rate
-        for index in range(seconds // 60):
-            pcm = (rng.standard_normal(block) * 3000).astype(np.int16)[None]
-            frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-            frame.sample_rate, frame.pts, frame.time_base = rate, index * block, Fraction(1, rate)
-            container.mux(sound.encode(frame))
         container.mux(sound.encode(None))
     return path
 

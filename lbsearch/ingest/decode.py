@@ -39,6 +39,8 @@ WINDOWS_PER_PART = 16
 # Samples x channels of an audio track kept from its first decoding pass (64 MiB of float32: 35 minutes of 16 kHz
 # mono, 5.8 of 48 kHz stereo). A longer track is read again span by span.
 AUDIO_HELD_VALUES = 1 << 24
+# The sample rate (x channels) a span of windows is sized for: a 48 kHz stereo track's at most 2x more.
+_SPAN_RATE_BOUND = 48000
 
 
 @dataclass(frozen=True)
@@ -205,17 +207,40 @@ def _decode_audio(task: DecodeTask, result: DecodedPart, spans, lenient: bool) -
     windows = [(start, end) for start, end in spans if start is not None]
     if not windows:
         return
-    # The windows are cut from one span holding them all (or from the whole waveform, when it is held), with
-    # the whole track's sample indices: as `cut_window` cuts them from the whole waveform.
-    offset, rate = 0, track.sample_rate if track is not None else 0
-    if waveform is None:
+    if waveform is not None:
+        _cut_windows(task, result, windows, waveform, track.sample_rate, 0, lenient)
+        return
+    # Windows are read in groups, each group as one span (a lossy track is decoded from its start for each read)
+    # of at most AUDIO_HELD_VALUES / _SPAN_RATE_BOUND seconds: 350 s, 64 MiB of 48 kHz mono. Memory follows
+    # neither the track's length nor the number of windows in a part.
+    groups: list[list[tuple[float, float]]] = []
+    for window in windows:
+        if groups and window[1] - groups[-1][0][0] <= AUDIO_HELD_VALUES / _SPAN_RATE_BOUND:
+            groups[-1].append(window)
+        else:
+            groups.append([window])
+    for group in groups:
         try:
-            waveform, rate = read_audio(task.path, windows[0][0], max(end for _, end in windows))
+            waveform, rate = read_audio(task.path, group[0][0], max(end for _, end in group))
         except MediaError:
             if lenient:  # the sound track ends before these windows of the pictures
-                return
+                continue
             raise
-        offset = window_bounds(sys.maxsize, rate, windows[0][0], None, task.path)[0]
+        offset = window_bounds(sys.maxsize, rate, group[0][0], None, task.path)[0]
+        _cut_windows(task, result, group, waveform, rate, offset, lenient)
+
+
+def _cut_windows(
+    task: DecodeTask,
+    result: DecodedPart,
+    windows: list[tuple[float, float]],
+    waveform: torch.Tensor,
+    rate: int,
+    offset: int,
+    lenient: bool,
+) -> None:
+    """Audio inputs of ``windows`` from ``waveform``, which starts at sample ``offset`` of the track: cut by the
+    whole track's sample indices, as `cut_window` cuts them from the whole waveform."""
     for start, end in windows:
         try:
             first, stop = window_bounds(offset + waveform.shape[1], rate, start, end, task.path)
@@ -224,7 +249,9 @@ def _decode_audio(task: DecodeTask, result: DecodedPart, spans, lenient: bool) -
                 continue
             raise
         piece = waveform[:, first - offset : stop - offset]
-        result.inputs.append(ModelInput("audio", start, end, audio_tensor(piece, rate, settings, task.path)))
+        result.inputs.append(
+            ModelInput("audio", start, end, audio_tensor(piece, rate, task.settings["audio"], task.path))
+        )
 
 
 def follow_up_tasks(first: DecodedPart) -> list[DecodeTask]:

@@ -223,12 +223,15 @@ def audio_tensor(
     if wave.shape[1] < frame_samples:
         seconds = waveform.shape[1] / sample_rate
         raise MediaError(source, f"audio too short ({seconds:.4f} s): it needs one {_FRAME_LENGTH_MS:g} ms frame")
-    fbank = _fbank(wave, settings)
-    length = settings.target_length
-    if fbank.shape[0] <= length:
-        tiled = fbank.repeat(length // fbank.shape[0] + 1, 1)[:length]
+    frames, length = _frame_count(wave.shape[1], settings), settings.target_length
+    if frames <= length:
+        fbank = _fbank(wave, settings)
+        tiled = fbank.repeat(length // frames + 1, 1)[:length]
         return _normalised([tiled, tiled, tiled], settings)
-    return _normalised([fbank[begin : begin + length] for begin in _chunk_starts(fbank.shape[0], length)], settings)
+    # Each frame of the filter bank is computed from its own samples alone: only the chunks' frames are computed
+    # (a ten-minute window's whole filter bank took several hundred MB).
+    spans = [_chunk_samples(begin, settings) for begin in _chunk_starts(frames, length)]
+    return _normalised([_fbank(wave[:, first:stop], settings) for first, stop in spans], settings)
 
 
 def track_tensor(path: str | Path, track: AudioTrack, settings: PreprocessSettings) -> torch.Tensor:
@@ -239,20 +242,28 @@ def track_tensor(path: str | Path, track: AudioTrack, settings: PreprocessSettin
     of the decoded samples. The filter bank removes each frame's own mean, so the two agree up to rounding.
     """
     path = require_file(path)
-    frame_samples, frame_shift = _frame_geometry(settings)
     resampled = _resampled_length(track.samples, track.sample_rate, settings.sample_rate)
-    frames = 1 + (resampled - frame_samples) // frame_shift if resampled >= frame_samples else 0
-    length = settings.target_length
+    frames, length = _frame_count(resampled, settings), settings.target_length
     if frames <= length:  # short: the frames are tiled, and the file is small
         return audio_tensor(*load_audio(path), settings, path)
     chunks = []
     for begin in _chunk_starts(frames, length):
-        first = begin * frame_shift
-        wave = _resampled_span(
-            path, track, settings.sample_rate, first, first + (length - 1) * frame_shift + frame_samples
-        )
-        chunks.append(_fbank(wave - np.float32(track.mean), settings)[:length])
+        wave = _resampled_span(path, track, settings.sample_rate, *_chunk_samples(begin, settings))
+        chunks.append(_fbank(wave - np.float32(track.mean), settings))
     return _normalised(chunks, settings)
+
+
+def _frame_count(samples: int, settings: PreprocessSettings) -> int:
+    """Filter-bank frames of ``samples`` at the model's rate (kaldi's snip_edges: whole frames only)."""
+    frame_samples, frame_shift = _frame_geometry(settings)
+    return 1 + (samples - frame_samples) // frame_shift if samples >= frame_samples else 0
+
+
+def _chunk_samples(begin: int, settings: PreprocessSettings) -> tuple[int, int]:
+    """Samples [first, stop) at the model's rate of the chunk of ``target_length`` frames from frame ``begin``."""
+    frame_samples, frame_shift = _frame_geometry(settings)
+    first = begin * frame_shift
+    return first, first + (settings.target_length - 1) * frame_shift + frame_samples
 
 
 def _frame_geometry(settings: PreprocessSettings) -> tuple[int, int]:
