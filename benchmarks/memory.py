@@ -3,8 +3,8 @@
 For each file the ingest (`Library.add`, decoding in the same process: ``workers=0``, so one process holds
 everything) runs in a new Python process with the tiny toy-size models (random weights in the official
 architecture, saved as official-format checkpoints: `benchmarks.ingest.tiny_encoders`). Reported: the process's
-peak RSS (``ru_maxrss``) once the models are loaded, before the ingest ("base"), and at the end ("peak"); the
-growth is what the file cost. Files:
+resident set once the models are loaded, before the ingest ("base", VmRSS), and its peak from there to the end
+("peak", VmHWM after a reset through /proc/self/clear_refs); the growth is what the file cost. Files:
 
 - WAVs of 1 minute, 10 minutes, 1 hour and 3 hours, 16 kHz mono 16-bit: sparse files (a header, then a hole
   read back as silence) so that they take no disk space; decoding reads every byte all the same;
@@ -81,8 +81,21 @@ def write_big_png(path: Path, side: int = 9000) -> Path:
     return path
 
 
-_INGEST = """
-import json, resource, sys, time
+# The resident set (VmRSS) and its high-water mark since the last reset (VmHWM), in MB. The mark is reset (Linux's
+# clear_refs) once the models are loaded: loading them peaks higher than it ends, and would hide what a file costs.
+_RESIDENT = """
+def status_mb(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+def resident_mb():
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    return status_mb("VmRSS")
+"""
+
+_INGEST = _RESIDENT + """
+import json, sys, time
 from lbsearch.library import Library
 from lbsearch.ingest.decode import WindowSpec
 from lbsearch.ingest.pipeline import IngestOptions
@@ -90,26 +103,26 @@ root, index, models, length, hop = sys.argv[1:6]
 with Library.open(index, device="cpu") as lib:
     lib.use_models(json.loads(models))
     loaded = [lib.encoder(modality) for modality in json.loads(models)]  # the base includes the models
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = resident_mb()
     started = time.perf_counter()
     report = lib.add(root, options=IngestOptions(workers=0, windows=WindowSpec(float(length), float(hop))))
     seconds = time.perf_counter() - started
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = status_mb("VmHWM")
 print(json.dumps({"base": base, "peak": peak, "seconds": seconds, "vectors": report.vectors,
                   "failed": report.failed, "errors": report.errors}))
 """
 
-_WHOLE = """
-import json, resource, sys, time
+_WHOLE = _RESIDENT + """
+import json, sys, time
 from lbsearch.models import load_checkpoint
 from lbsearch.preprocess import PreprocessSettings, audio_tensor, load_audio
 settings = PreprocessSettings.from_vision_config(load_checkpoint(sys.argv[2]).config.vision)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+base = resident_mb()
 started = time.perf_counter()
 waveform, rate = load_audio(sys.argv[1])
 audio_tensor(waveform, rate, settings)
 seconds = time.perf_counter() - started
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = status_mb("VmHWM")
 print(json.dumps({"base": base, "peak": peak, "seconds": seconds}))
 """
 
