@@ -11,12 +11,13 @@ resident set once the models are loaded, before the ingest ("base", VmRSS), and 
 - an hour of video (32x32 H.264 at 1 frame/s, Matroska, with an 8 kHz PCM sound track);
 - a 9000x9000 RGB PNG (81 megapixels).
 
-``--whole`` also measures, for the WAVs up to ``--whole-limit`` seconds, the whole-waveform path of before
-(`load_audio` then `audio_tensor` on it, what the ingest did for every audio file) in its own process, side by
-side. The machine is shared: times vary with its load, the memory figures do not. Run from the repository root:
+``--whole`` also measures, for the WAVs up to ``--whole-limit`` seconds, the whole-file input made from the whole
+waveform held in memory (`load_audio` then `audio_tensor`: what the ingest does for a track of at most
+``AUDIO_HELD_VALUES`` values, and did for every track before) in its own process, side by side. The machine is
+shared: times vary with its load, the memory figures do not. Run from the repository root:
 
     python3 -m benchmarks.memory
-    python3 -m benchmarks.memory --whole --whole-limit 600 --windows 10 5
+    python3 -m benchmarks.memory --whole --whole-limit 600 --windows 60 60
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def main() -> None:
             path.unlink()
         if whole_rows:
             print(
-                "\nThe whole-file audio input alone, streamed (in the ingest above) vs the whole waveform of before:\n"
+                "\nThe whole-file input from the whole waveform held in memory, beside the streamed ingest above:\n"
             )
             print("| file | whole waveform: growth MB | ingest, streamed: growth MB | ratio |")
             print("|---|---:|---:|---:|")

@@ -36,8 +36,8 @@ from lbsearch.preprocess import (
 from lbsearch.preprocess.common import window_bounds
 
 WINDOWS_PER_PART = 16
-# Samples x channels of an audio track kept from its first decoding pass (64 MiB of float32: 35 minutes of 16 kHz
-# mono, 5.8 of 48 kHz stereo). A longer track is read again span by span.
+# Samples x channels of an audio track kept from its first decoding pass (64 MiB of float32: 17.5 minutes of
+# 16 kHz mono, 2.9 of 48 kHz stereo). A longer track is read again span by span.
 AUDIO_HELD_VALUES = 1 << 24
 # The sample rate (x channels) a span of windows is sized for: a 48 kHz stereo track's at most 2x more.
 _SPAN_RATE_BOUND = 48000
