@@ -14,6 +14,7 @@ from PIL import Image
 from lbsearch import modalities
 from lbsearch.app import previews, state
 from lbsearch.errors import LbsearchError, MediaError
+from lbsearch.paths import shown
 from lbsearch.preprocess.probe import MediaInfo, probe
 from lbsearch.search.results import Hit
 
@@ -82,7 +83,7 @@ def show_media(path: str, modality: str, start: float | None, end: float | None,
     of the matched moment and plays only when asked (``key`` names that switch).
     """
     if not Path(path).is_file():
-        st.warning(f"{path} {GONE}.")
+        st.warning(f"{shown(path)} {GONE}.")
         return
     kind = modalities.of_file(path)
     try:
@@ -98,7 +99,7 @@ def show_media(path: str, modality: str, start: float | None, end: float | None,
         else:
             st.image(_still(path, _mtime(path), modality), width="stretch")
     except LbsearchError as exc:
-        st.warning(f"Cannot show {Path(path).name}: {exc}")
+        st.warning(f"Cannot show {shown(Path(path).name)}: {shown(str(exc))}")
 
 
 def contribution_bars(hit: Hit) -> None:
@@ -131,13 +132,13 @@ def apply_pending_example() -> None:
 def hit_card(hit: Hit, key: str, targets: Sequence[str]) -> None:
     with st.container(border=True):
         show_media(hit.path, hit.modality, hit.start, hit.end, f"{key}-play")
-        st.markdown(f"**{hit.rank}. {Path(hit.path).name}**")
-        st.caption(f"{Path(hit.path).parent} · {hit.modality} · {moment(hit.start, hit.end)}")
+        st.markdown(f"**{hit.rank}. {shown(Path(hit.path).name)}**")
+        st.caption(f"{shown(Path(hit.path).parent)} · {hit.modality} · {moment(hit.start, hit.end)}")
         st.caption(f"score {hit.score:.3f} · calibrated {hit.calibrated:+.2f} z")
         contribution_bars(hit)
         others = [m for m in hit.matches.values() if m.path != hit.path]
         for match in others:
-            with st.expander(f"{match.modality}: {Path(match.path).name}"):
+            with st.expander(f"{match.modality}: {shown(Path(match.path).name)}"):
                 show_media(match.path, match.modality, match.start, match.end, f"{key}-play-{match.modality}")
         if st.button("More like this", key=f"{key}-more"):
             _more_like_this(hit, targets)

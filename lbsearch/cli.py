@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from lbsearch.errors import ConfigError, LbsearchError
+from lbsearch.paths import shown
 
 console = Console()
 err_console = Console(stderr=True)
@@ -237,9 +238,9 @@ def index(
             f"in {report.seconds:.1f} s. Plan: {plan or 'nothing to do'}."
         )
         for path, reason in report.errors.items():
-            console.print(f"  [red]failed[/] {path}: {reason}", highlight=False)
+            console.print(f"  [red]failed[/] {shown(path)}: {reason}", highlight=False)
         for path, reason in report.warnings.items():
-            console.print(f"  [yellow]warning[/] {path}: {reason}", highlight=False)
+            console.print(f"  [yellow]warning[/] {shown(path)}: {reason}", highlight=False)
         if report.interrupted:
             console.print("[yellow]Interrupted: what was embedded is saved; run the same command to go on.[/]")
     if report.interrupted:
@@ -371,7 +372,13 @@ def search(
         moment = "whole" if hit.start is None else f"{hit.start:.1f}-{hit.end:.1f} s"
         parts_text = " ".join(f"{m} {v:+.3f}" for m, v in hit.parts.items())
         table.add_row(
-            str(hit.rank), f"{hit.score:.4f}", f"{hit.calibrated:.2f}", hit.modality, moment, hit.path, parts_text
+            str(hit.rank),
+            f"{hit.score:.4f}",
+            f"{hit.calibrated:.2f}",
+            hit.modality,
+            moment,
+            shown(hit.path),
+            parts_text,
         )
     console.print(table)
 
@@ -399,7 +406,7 @@ def classify(
         return
     table = Table(folded("path"), "labels", title=f"zero-shot labels ({modality})")
     for row in rows:
-        table.add_row(row["path"], ", ".join(f"{name} {p:.2f}" for name, p in row["labels"]))
+        table.add_row(shown(row["path"]), ", ".join(f"{name} {p:.2f}" for name, p in row["labels"]))
     console.print(table)
 
 
@@ -436,7 +443,7 @@ def status(index_dir: IndexOption = None, db: DbOption = None, as_json: JsonOpti
         )
     console.print(indexes)
     for failed in report["failed"]:
-        console.print(f"[red]failed[/] {failed['path']}: {failed['error']}", highlight=False)
+        console.print(f"[red]failed[/] {shown(failed['path'])}: {failed['error']}", highlight=False)
 
 
 @app.command()

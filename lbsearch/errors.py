@@ -33,6 +33,11 @@ class IndexFileError(PathError):
     """An index file that cannot be written or read back (missing, truncated, corrupt): rebuild it."""
 
 
+class StorageError(LbsearchError):
+    """The library's own storage failed (its database or disk: a corrupt file, a full disk, an I/O error); a run
+    stops, and what it committed stays."""
+
+
 class CheckpointError(LbsearchError):
     """A checkpoint that cannot be found, read or matched to its architecture."""
 
@@ -65,5 +70,3 @@ class ReadOnlyLibraryError(LbsearchError):
     """A command that writes (index, remove, reindex, verify --repair) on a library that cannot be written."""
 
 
-class StorageError(LbsearchError):
-    """The library's database or disk failed: a corrupt database file, a full disk, an I/O error."""

@@ -4,12 +4,15 @@ Runs in worker processes, so everything here is picklable plain data and never r
 error travels back as text with the file's path, and the run goes on.
 
 A long video or audio file gets a whole-file input and one input per time window. Windows are decoded in
-parts of ``WINDOWS_PER_PART`` so that one long file never holds more than a few dozen tensors in memory.
+parts of ``WINDOWS_PER_PART`` so that one long file never holds more than a few dozen tensors in memory. Audio
+is held whole only up to ``AUDIO_HELD_VALUES``; a longer track is streamed: one pass measures it, and each input
+decodes only its own span (the whole-file input: its three chunks), so memory does not grow with its length.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -23,14 +26,21 @@ from lbsearch.preprocess import (
     PreprocessSettings,
     VideoFrames,
     audio_tensor,
-    cut_window,
-    load_audio,
     preprocessor_for,
     probe,
+    read_audio,
+    scan_audio,
+    track_tensor,
     video_tensor,
 )
+from lbsearch.preprocess.common import window_bounds
 
 WINDOWS_PER_PART = 16
+# Samples x channels of an audio track kept from its first decoding pass (64 MiB of float32: 17.5 minutes of
+# 16 kHz mono, 2.9 of 48 kHz stereo). A longer track is read again span by span.
+AUDIO_HELD_VALUES = 1 << 24
+# The sample rate (x channels) a span of windows is sized for: a 48 kHz stereo track's at most 2x more.
+_SPAN_RATE_BOUND = 48000
 
 
 @dataclass(frozen=True)
@@ -68,7 +78,7 @@ class DecodeTask:
     settings: Mapping[str, PreprocessSettings]  # modalities the model set embeds -> their preprocessing
     windows: WindowSpec = WindowSpec()
     part: int = 0
-    first_window: int = 0
+    spans: tuple[tuple[float, float], ...] = ()  # a later part's windows (the first part measured the file)
     size: int = 0  # the file's bytes on disk: small files go to a worker several at a time
 
 
@@ -97,6 +107,8 @@ class DecodedPart:
     info: MediaInfo | None = None
     inputs: list[ModelInput] = field(default_factory=list)
     windows: list[tuple[float, float]] = field(default_factory=list)  # all windows of the file (part 0 only)
+    # The file's modality, where decoding found it other than its name says: an .mp4 holding only sound is audio.
+    modality: str | None = None
     error: str | None = None  # the file cannot be embedded at all
     warning: str | None = None  # something was skipped (e.g. an undecodable audio track of a good video)
 
@@ -109,7 +121,9 @@ def decode(task: DecodeTask) -> DecodedPart:
         # saves a quarter of the decode time of short clips (PyAV takes ~8 ms to open a WAV).
         if not (task.modality == "audio" and "audio" in task.settings):
             result.info = probe(task.path)
-        if modalities.lookup(task.modality).timed:
+        if task.modality == "video" and result.info is not None and not result.info.has_video:
+            _decode_sound_only(task, result)
+        elif modalities.lookup(task.modality).timed:
             _decode_timed(task, result)
         elif task.modality in task.settings:
             tensor = preprocessor_for(task.modality, task.settings[task.modality])(task.path)
@@ -150,48 +164,107 @@ def _decode_timed(task: DecodeTask, result: DecodedPart) -> None:
         _decode_audio(task, result, None, lenient=False)
 
 
+def _decode_sound_only(task: DecodeTask, result: DecodedPart) -> None:
+    """A video container with a sound track and no pictures (music in an .mp4) is an audio file."""
+    if "audio" not in task.settings:
+        raise MediaError(task.path, "no video stream, only sound, and the model set has no audio model")
+    result.modality = "audio"
+    _decode_audio(task, result, None, lenient=False)
+
+
 def _spans(task: DecodeTask, result: DecodedPart, duration: float | None) -> list[tuple[float | None, float | None]]:
     """This task's share of (whole file, windows...)."""
-    windows = task.windows.windows(duration)
-    if task.part == 0:
-        result.windows = windows
-        return [(None, None), *windows[:WINDOWS_PER_PART]]
-    return list(windows[task.first_window : task.first_window + WINDOWS_PER_PART])
+    if task.part:
+        return list(task.spans)
+    result.windows = task.windows.windows(duration)
+    return [(None, None), *result.windows[:WINDOWS_PER_PART]]
 
 
 def _decode_audio(task: DecodeTask, result: DecodedPart, spans, lenient: bool) -> None:
     """Audio inputs for ``spans`` (None: the file's own spans). ``lenient``: a video's audio track may be
     shorter than its pictures, so windows past its end are skipped rather than failing the file."""
-    waveform, rate = load_audio(task.path)
-    if result.info is None:  # an audio file, not probed: what its decoding says
-        channels, samples = waveform.shape
+    track, waveform = None, None
+    if task.part == 0:  # the whole file is wanted: measure it (and keep it, when short)
+        track, waveform = scan_audio(task.path, keep=AUDIO_HELD_VALUES)
+    if result.info is None and track is not None:  # an audio file, not probed: what its decoding says
         result.info = MediaInfo(
-            duration=samples / rate,
+            duration=track.duration,
             fps=None,
             frame_count=None,
             width=None,
             height=None,
-            sample_rate=rate,
-            channels=channels,
+            sample_rate=track.sample_rate,
+            channels=track.channels,
             has_video=False,
             has_audio=True,
         )
     if spans is None:
-        spans = _spans(task, result, waveform.shape[-1] / rate)
+        spans = _spans(task, result, track.duration if track is not None else None)
     settings = task.settings["audio"]
-    for start, end in spans:
+    if (None, None) in spans:
+        if waveform is not None:
+            whole = audio_tensor(waveform, track.sample_rate, settings, task.path)
+        else:
+            whole = track_tensor(task.path, track, settings)
+        result.inputs.append(ModelInput("audio", None, None, whole))
+    windows = [(start, end) for start, end in spans if start is not None]
+    if not windows:
+        return
+    if waveform is not None:
+        _cut_windows(task, result, windows, waveform, track.sample_rate, 0, lenient)
+        return
+    # Windows are read in groups, each group as one span (a lossy track is decoded from its start for each read)
+    # of at most AUDIO_HELD_VALUES / _SPAN_RATE_BOUND seconds: 350 s, 64 MiB of 48 kHz mono. Memory follows
+    # neither the track's length nor the number of windows in a part.
+    groups: list[list[tuple[float, float]]] = []
+    for window in windows:
+        if groups and window[1] - groups[-1][0][0] <= AUDIO_HELD_VALUES / _SPAN_RATE_BOUND:
+            groups[-1].append(window)
+        else:
+            groups.append([window])
+    for group in groups:
         try:
-            piece = cut_window(waveform, rate, start, end, source=task.path)
+            waveform, rate = read_audio(task.path, group[0][0], max(end for _, end in group))
         except MediaError:
-            if lenient and start is not None:
+            if lenient:  # the sound track ends before these windows of the pictures
                 continue
             raise
-        result.inputs.append(ModelInput("audio", start, end, audio_tensor(piece, rate, settings, task.path)))
+        offset = window_bounds(sys.maxsize, rate, group[0][0], None, task.path)[0]
+        _cut_windows(task, result, group, waveform, rate, offset, lenient)
+
+
+def _cut_windows(
+    task: DecodeTask,
+    result: DecodedPart,
+    windows: list[tuple[float, float]],
+    waveform: torch.Tensor,
+    rate: int,
+    offset: int,
+    lenient: bool,
+) -> None:
+    """Audio inputs of ``windows`` from ``waveform``, which starts at sample ``offset`` of the track: cut by the
+    whole track's sample indices, as `cut_window` cuts them from the whole waveform."""
+    for start, end in windows:
+        try:
+            first, stop = window_bounds(offset + waveform.shape[1], rate, start, end, task.path)
+        except MediaError:
+            if lenient:
+                continue
+            raise
+        piece = waveform[:, first - offset : stop - offset]
+        result.inputs.append(
+            ModelInput("audio", start, end, audio_tensor(piece, rate, task.settings["audio"], task.path))
+        )
 
 
 def follow_up_tasks(first: DecodedPart) -> list[DecodeTask]:
     """The tasks for the windows the first part of a long file did not cover."""
     return [
-        replace(first.task, part=index, first_window=begin)
+        replace(
+            first.task,
+            modality=first.modality or first.task.modality,
+            part=index,
+            spans=tuple(first.windows[begin : begin + WINDOWS_PER_PART]),
+        )
         for index, begin in enumerate(range(WINDOWS_PER_PART, len(first.windows), WINDOWS_PER_PART), start=1)
     ]

@@ -27,12 +27,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from sqlalchemy.exc import SQLAlchemyError
 
 from lbsearch import modalities
-from lbsearch.errors import ConfigError
+from lbsearch.errors import ConfigError, StorageError
 from lbsearch.ingest import scan
 from lbsearch.ingest.decode import DecodedPart, DecodeTask, ModelInput, WindowSpec, decode, follow_up_tasks
 from lbsearch.models import Encoder
+from lbsearch.paths import shown
 from lbsearch.preprocess import PreprocessSettings
 from lbsearch.storage.database import Database
 from lbsearch.storage.records import FileVectors, MediaInfo, NewVector
@@ -113,6 +115,7 @@ class _PendingFile:
     parts_left: int = 1
     inputs_left: int = 0
     info: MediaInfo | None = None
+    modality: str | None = None  # as decoding found it, when not as scanned
     vectors: list[NewVector] = field(default_factory=list)
     only_models: frozenset[int] | None = None
 
@@ -143,6 +146,13 @@ class Ingestor:
         pool = self._start_workers()
         try:
             return self._plan_and_execute(roots, pool, started)
+        except (SQLAlchemyError, OSError) as exc:
+            # Files fail in the workers and are recorded; what fails here is the library's own storage.
+            raise StorageError(
+                f"indexing stopped: the library's storage failed ({_cause(exc)}). What was committed is kept; "
+                f"free disk space or repair {self.db.url.render_as_string(hide_password=True)}, "
+                "then run the same command again to go on"
+            ) from exc
         finally:
             if pool is not None:
                 # Waiting for the pool's manager thread: one left running races Python's exit handler, which then
@@ -259,7 +269,9 @@ class Ingestor:
             )
             if not (force or due) or not (finished or failures):
                 return
-            self.db.store_vectors([FileVectors(p.file_id, p.vectors, p.info, p.only_models) for p in finished])
+            self.db.store_vectors(
+                [FileVectors(p.file_id, p.vectors, p.info, p.only_models, p.modality) for p in finished]
+            )
             if failures:
                 self.db.mark_files_failed(failures)
             report.embedded += len(finished)
@@ -306,6 +318,7 @@ class Ingestor:
             more = follow_up_tasks(part) if part.task.part == 0 else []
             if part.task.part == 0:
                 owner.info = _media_info(part)
+                owner.modality = part.modality
                 owner.parts_left += len(more)
             owner.inputs_left += len(part.inputs)
             for item in part.inputs:
@@ -459,6 +472,15 @@ def _exit_when_orphaned(parent_pid: int) -> None:
     while os.getppid() == parent_pid:
         time.sleep(ORPHAN_CHECK_SECONDS)
     os._exit(1)
+
+
+def _cause(exc: BaseException) -> str:
+    """One line on what failed: the database driver's own message, or the OS error and its file."""
+    if isinstance(exc, SQLAlchemyError):
+        return str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {shown(exc.filename)}" if exc.filename else exc.strerror
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _media_info(part: DecodedPart) -> MediaInfo | None:

@@ -279,7 +279,7 @@ def _sort_known(result: Plan, file: ScannedFile, record: FileRecord, digest: str
     same_stat = (file.size, file.mtime_ns) == (record.size, record.mtime_ns)
     same_content = same_stat or (digest is not None and digest == record.content_hash)
     unfinished = record.status == "pending" or (record.status == "error" and retry_failed)
-    if not same_content or file.modality != record.modality:  # e.g. a root now indexed `as_modality="depth"`
+    if not same_content or not _same_kind(file, record):  # e.g. a root now indexed `as_modality="depth"`
         result.changed.append(FileTask(file, digest, record.id))
     elif unfinished:
         result.retry.append(FileTask(file, digest, record.id))
@@ -287,6 +287,12 @@ def _sort_known(result: Plan, file: ScannedFile, record: FileRecord, digest: str
         result.unchanged.append(record)
     else:
         result.touched.append(Relocation(record.id, record.path, file))
+
+
+def _same_kind(file: ScannedFile, record: FileRecord) -> bool:
+    """Whether a file on disk is what its record was embedded as: its own modality, or (found on decoding) its
+    companion track's alone (a video container holding only sound was embedded as audio)."""
+    return record.modality in modalities.embedded_as(file.modality)
 
 
 def _hashes(paths: Sequence[str]) -> dict[str, str | None]:
@@ -320,7 +326,7 @@ def _origin(
         return None
     for record in vanished.get(digest, ()):
         # Same content at a new path, embedded as the same modality (not moved from rgb/ to depth/, say).
-        usable = record.status == "ok" and record.modality == file.modality and record.id not in moved_ids
+        usable = record.status == "ok" and _same_kind(file, record) and record.id not in moved_ids
         if usable and not os.path.lexists(record.path):
             return record
     return None

@@ -18,11 +18,15 @@ from typing import TYPE_CHECKING
 from lbsearch import modalities
 from lbsearch.preprocess.audio import (
     AudioPreprocessor,
+    AudioTrack,
     audio_tensor,
     cut_window,
     load_audio,
     normalize_fbank,
+    read_audio,
     resample_waveform,
+    scan_audio,
+    track_tensor,
 )
 from lbsearch.preprocess.common import CLIP_MEAN, CLIP_STD, Preprocessor, still_tensor
 from lbsearch.preprocess.depth import DepthPreprocessor, depth_pixels
@@ -57,6 +61,7 @@ __all__ = [
     "CLIP_STD",
     "PREPROCESSORS",
     "AudioPreprocessor",
+    "AudioTrack",
     "DepthPreprocessor",
     "ImagePreprocessor",
     "MediaInfo",
@@ -72,9 +77,12 @@ __all__ = [
     "normalize_fbank",
     "preprocessor_for",
     "probe",
+    "read_audio",
     "resample_waveform",
     "rgb_pixels",
     "sample_indices",
+    "scan_audio",
     "still_tensor",
+    "track_tensor",
     "video_tensor",
 ]

@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as tvf
 
 from lbsearch.errors import ConfigError, MediaError
 from lbsearch.preprocess.settings import PreprocessSettings
@@ -27,6 +26,9 @@ _INDEX_DECIMALS = 6
 # decord messages start with "[hh:mm:ss] /path/to/source.cc:123: "; the reason follows.
 _DECORD_PREFIX = re.compile(r"^\[[^\]]*\]\s*\S+:\d+:\s*")
 _PYAV_LOG_MARKER = "last error log:"
+
+# Float32 values of an image converted at once (48 MiB): a larger image is resized strip by strip.
+_STRIP_VALUES = 1 << 22
 
 # PIL signals unreadable files with all of these, depending on the format plugin.
 PIL_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
@@ -51,11 +53,19 @@ def center_crop(pixels: torch.Tensor, size: int) -> torch.Tensor:
 def still_tensor(pixels: torch.Tensor, size: int) -> torch.Tensor:
     """Pixels in [0, 1], ``[3,H,W]`` or a batch ``[B,3,H,W]`` -> bicubic short-side resize to ``size``, centre
     crop, CLIP normalisation: the still modalities' model input (a batch gives each item's own result)."""
-    # Tensor Resize with torchvision's current default antialias=True, as the official processors run today.
-    resized = tvf.resize(pixels, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+    batch = pixels if pixels.dim() == 4 else pixels[None]
+    resized = _bicubic(batch, *short_side_shape(*batch.shape[-2:], size))
     # clip_normalize wants the channels first; in a batch they come second.
     channels_first = center_crop(resized, size).movedim(-3, 0)
-    return clip_normalize(channels_first).movedim(0, -3).contiguous()
+    normalized = clip_normalize(channels_first).movedim(0, -3).contiguous()
+    return normalized if pixels.dim() == 4 else normalized[0]
+
+
+def short_side_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """torchvision's Resize(size): the short side becomes ``size``, the long one int(size * long / short)."""
+    short, long = sorted((height, width))
+    new_long = int(size * long / short)
+    return (new_long, size) if width <= height else (size, new_long)
 
 
 def require_file(path: str | Path) -> Path:
@@ -71,12 +81,29 @@ def require_file(path: str | Path) -> Path:
 
 
 def open_image(path: Path) -> Image.Image:
-    """The image at ``path``, fully decoded (so truncation shows here), or MediaError."""
+    """The image at ``path``, fully decoded (so truncation shows here), or MediaError.
+
+    A header claiming more than PIL's ``MAX_IMAGE_PIXELS`` (89 million; PIL itself only warns up to twice that)
+    is refused before anything is decoded: a small file may claim a huge picture (a decompression bomb).
+    """
     try:
-        with Image.open(path) as image:
+        image = Image.open(path)
+        try:
+            pixels = image.width * image.height
+            if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+                raise MediaError(
+                    path,
+                    f"image of {image.width}x{image.height} pixels is larger than lbsearch decodes "
+                    f"({Image.MAX_IMAGE_PIXELS:,} pixels): a decompression bomb, or a picture to scale down first",
+                )
             image.load()
-            # Leaving the block closes the image and drops its pixels; the copy keeps them.
-            return image.copy()
+            if image.fp is None:  # PIL closed the file it opened (one frame): the pixels stay
+                return image
+            with image:  # a multi-frame format keeps its file open: keep the pixels, close the file
+                return image.copy()
+        except BaseException:
+            image.close()
+            raise
     except PIL_ERRORS as exc:
         raise MediaError(path, f"cannot decode image: {short_reason(exc)}") from exc
 
@@ -139,9 +166,42 @@ class StillPreprocessor(Preprocessor):
 
     def __call__(self, path: str | Path, start: float | None = None, end: float | None = None) -> torch.Tensor:
         if start is not None or end is not None:
-            raise ValueError(f"{self.modality} inputs have no time axis; got a window [{start}, {end}) for {path}")
-        return still_tensor(self.load_pixels(require_file(path)), self.settings.crop_size)
+            raise MediaError(path, f"{self.modality} inputs have no time axis; got a window [{start}, {end})")
+        path = require_file(path)
+        image = self.open(path)
+        size = self.settings.crop_size
+        height, width = image.height, image.width
+        new_height, new_width = short_side_shape(height, width, size)
+        # The bicubic filter runs along the rows, then along the columns: the row pass goes strip by strip, so a
+        # large photo is never held as float32 whole (a 9000x9000 one would take 972 MB), with the same result.
+        rows = self.strip_rows(image)
+        narrowed = torch.cat(
+            [
+                _bicubic(self.pixels(image.crop((0, top, width, min(top + rows, height)))), None, new_width)
+                for top in range(0, height, rows)
+            ],
+            dim=1,
+        )
+        resized = _bicubic(narrowed, new_height, new_width)
+        return clip_normalize(center_crop(resized, size)).contiguous()
 
-    def load_pixels(self, path: Path) -> torch.Tensor:
-        """The file as a float32 tensor [3,H,W]."""
+    def open(self, path: Path) -> Image.Image:
+        """The decoded image, checked to be one this modality reads."""
+        return open_image(path)
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """An image (or a strip of one) as a float32 tensor [3,H,W]."""
         raise NotImplementedError
+
+    def strip_rows(self, image: Image.Image) -> int:
+        """Rows converted to float32 at a time: ``_STRIP_VALUES`` values' worth."""
+        return max(1, _STRIP_VALUES // (3 * image.width))
+
+
+def _bicubic(pixels: torch.Tensor, height: int | None, width: int) -> torch.Tensor:
+    """[3,H,W] or [B,3,H,W] -> height x width (None: H) by antialiased bicubic interpolation, as torchvision's
+    tensor Resize (with its current default antialias=True, as the official processors run today)."""
+    batch = pixels if pixels.dim() == 4 else pixels[None]
+    size = (batch.shape[-2] if height is None else height, width)
+    resized = F.interpolate(batch, size=size, mode="bicubic", align_corners=False, antialias=True)
+    return resized if pixels.dim() == 4 else resized[0]

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from PIL import Image
 
 from lbsearch.errors import MediaError
 from lbsearch.preprocess.common import StillPreprocessor, open_image
@@ -37,7 +38,7 @@ def depth_pixels(depth_mm: np.ndarray | torch.Tensor, max_depth: float) -> torch
 class DepthPreprocessor(StillPreprocessor):
     modality: ClassVar[str] = "depth"
 
-    def load_pixels(self, path: Path) -> torch.Tensor:
+    def open(self, path: Path) -> Image.Image:
         image = open_image(path)
         if image.mode not in _DEPTH_MODES:
             raise MediaError(
@@ -45,4 +46,11 @@ class DepthPreprocessor(StillPreprocessor):
                 f"a depth map must be single-channel (16-bit PNG in millimetres); got PIL mode {image.mode!r} "
                 f"with {len(image.getbands())} channel(s)",
             )
+        return image
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
         return depth_pixels(np.asarray(image), self.settings.max_depth)
+
+    def strip_rows(self, image: Image.Image) -> int:
+        # max_depth 0 scales by the whole map's maximum: the map is converted at once.
+        return super().strip_rows(image) if self.settings.max_depth > 0 else image.height

@@ -7,14 +7,13 @@ RGBA files; converting to RGB first gives those a result and leaves RGB files (a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
 
-from lbsearch.preprocess.common import StillPreprocessor, open_image
+from lbsearch.preprocess.common import StillPreprocessor
 
 # Greyscale modes wider than 8 bits; Pillow's own convert("RGB") clips them at 255 (white above 0.4 %).
 _WIDE_GREY_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
@@ -40,8 +39,8 @@ def rgb_pixels(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
 class ImagePreprocessor(StillPreprocessor):
     modality: ClassVar[str] = "image"
 
-    def load_pixels(self, path: Path) -> torch.Tensor:
-        return rgb_pixels(to_rgb(open_image(path)))
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        return rgb_pixels(to_rgb(image))
 
 
 @dataclass(frozen=True)

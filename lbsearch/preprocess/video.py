@@ -8,6 +8,7 @@ file (or of a time window). Transform: /255, CLIP normalisation, short side to S
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,14 @@ def _open_failure(exc: Exception) -> str:
     if message.startswith("Error reading"):  # decord's whole message; FFmpeg's reason went to stderr
         return "cannot open as video: unknown format, or a corrupt or truncated file"
     return f"cannot open as video: {short_reason(exc)}"
+
+
+def _undecodable(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def sample_indices(
@@ -85,13 +94,20 @@ class VideoFrames:
 
     def __init__(self, path: str | Path, decoder_threads: int = 0):
         self.path = require_file(path)
+        self._descriptor: int | None = None
+        name = str(self.path)
+        if not name.isascii() and _undecodable(name):
+            # decord takes UTF-8 names only: a name with undecodable bytes is opened by its descriptor's name.
+            self._descriptor = os.open(self.path, os.O_RDONLY)
+            name = f"/proc/self/fd/{self._descriptor}"
         try:
             self._reader: decord.VideoReader | None = decord.VideoReader(
-                str(self.path), ctx=decord.cpu(0), num_threads=decoder_threads
+                name, ctx=decord.cpu(0), num_threads=decoder_threads
             )
             self.frame_count = len(self._reader)
             self.fps = float(self._reader.get_avg_fps())
         except _DECORD_ERRORS as exc:
+            self.close()
             raise MediaError(self.path, _open_failure(exc)) from exc
         if self.frame_count <= 0:
             self.close()
@@ -116,6 +132,9 @@ class VideoFrames:
 
     def close(self) -> None:
         self._reader = None
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
 
     def __enter__(self) -> VideoFrames:
         return self

@@ -49,6 +49,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from lbsearch import paths
 from lbsearch.errors import LbsearchError, ReadOnlyLibraryError, StorageError
 from lbsearch.modalities import MODALITIES, lookup
 from lbsearch.storage import schema
@@ -330,7 +331,9 @@ class Database:
                 _delete_file_vectors(session, chunk, models=None)
                 _delete_empty_segments(session, chunk)
                 session.execute(
-                    update(File), [{"id": file_id, "status": "error", "error": reasons[file_id]} for file_id in chunk]
+                    update(File),
+                    # A reason may quote an undecodable file name; stored as people will read it.
+                    [{"id": file_id, "status": "error", "error": paths.shown(reasons[file_id])} for file_id in chunk],
                 )
 
     def delete_files(self, file_ids: Collection[int]) -> None:
@@ -367,8 +370,9 @@ class Database:
         prefixes = {folder.rstrip("/") + "/" for folder in folders}
         if not prefixes:
             return []
-        # substr, not LIKE: exact and case-sensitive on every database, with nothing to escape.
-        inside = or_(*(func.substr(File.path, 1, len(prefix)) == prefix for prefix in prefixes))
+        # substr, not LIKE: exact and case-sensitive on every database, with nothing to escape. It compares stored
+        # forms, in which a folder's is a prefix of its files' (`lbsearch.paths`).
+        inside = or_(*(func.substr(File.path, 1, len(stored)) == stored for stored in map(paths.stored, prefixes)))
         return self._file_records(inside, order_by=File.path)
 
     def files(self, status: str | None = None) -> list[FileRecord]:
@@ -788,7 +792,13 @@ def _store_chunk(session: Session, chunk: Sequence[FileVectors], dims: Mapping[i
     session.execute(
         update(File),
         [
-            {"id": done.file_id, "status": "ok", "error": None, **(asdict(done.info) if done.info else {})}
+            {
+                "id": done.file_id,
+                "status": "ok",
+                "error": None,
+                **(asdict(done.info) if done.info else {}),
+                **({"modality": done.modality} if done.modality else {}),
+            }
             for done in chunk
         ],
     )

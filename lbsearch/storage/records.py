@@ -73,12 +73,14 @@ class FileVectors:
     `only_models`: replace only the vectors of these models (plus those in `vectors`), keeping other models'
     (a new model version indexed beside the old one); None replaces every vector of the file.
     `info`, when given, replaces all the media fields of the file (duration, fps, ...).
+    `modality`, when given, is the file's modality as decoding found it (an .mp4 holding only sound is audio).
     """
 
     file_id: int
     vectors: Sequence[NewVector]
     info: MediaInfo | None = None
     only_models: Collection[int] | None = None
+    modality: str | None = None
 
 
 @dataclass(frozen=True)

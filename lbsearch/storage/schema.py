@@ -22,17 +22,36 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
+    func,
     inspect,
+    literal,
     select,
+    update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from lbsearch import paths
 from lbsearch.errors import ConfigError
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class PathText(TypeDecorator[str]):
+    """A path, or text holding one, in its stored form (`lbsearch.paths.stored`): any name the file system
+    gives, valid UTF-8 or not, is stored and read back exactly."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: object) -> str | None:
+        return None if value is None else paths.stored(value)
+
+    def process_result_value(self, value: str | None, dialect: object) -> str | None:
+        return None if value is None else paths.from_stored(value)
 
 
 class Base(DeclarativeBase):
@@ -45,15 +64,15 @@ class Item(Base):
     __tablename__ = "items"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    key: Mapped[str] = mapped_column(String, unique=True)
+    key: Mapped[str] = mapped_column(PathText, unique=True)  # "file:<path>" or "scene:<folder>/<name>"
 
 
 class File(Base):
     __tablename__ = "files"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    path: Mapped[str] = mapped_column(String, unique=True)
-    root: Mapped[str] = mapped_column(String)
+    path: Mapped[str] = mapped_column(PathText, unique=True)
+    root: Mapped[str] = mapped_column(PathText)
     size: Mapped[int] = mapped_column(BigInteger)
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     # None when the file could not be read (it is then recorded as failed).
@@ -159,7 +178,18 @@ class SchemaVersion(Base):
 
 # MIGRATIONS[i] upgrades a database of version i + 1 to version i + 2. Version 1 is the schema of lbsearch 0.1
 # (round 1), which recorded no version.
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = ()
+
+
+def _escape_backslashes_in_paths(connection: Connection) -> None:
+    """Version 2: paths are stored escaped (`PathText`). Names without a backslash read the same; in the
+    others, each backslash is doubled. Undecodable names could not be stored before, so there are none."""
+    for column in (File.__table__.c.path, File.__table__.c.root, Item.__table__.c.key):
+        escaped = func.replace(column, literal("\\", String), literal("\\\\", String))
+        # Untyped literals: the column's own type would escape them as paths.
+        connection.execute(update(column.table).where(escaped != column).values({column: escaped}))
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_escape_backslashes_in_paths,)
 SCHEMA_VERSION = len(MIGRATIONS) + 1
 
 
