@@ -44,7 +44,7 @@ def model_set(checkpoints: Path) -> dict[str, str]:
     return {modality: str(checkpoints / name) for modality, name in MODEL_SET.items()}
 
 
-def open_library(folder: Path, db_url: str | None, models: dict[str, str]) -> Library:
+def open_library(folder: Path, db_url: str | None = None, *, models: dict[str, str]) -> Library:
     """A library in ``folder`` (metadata there, or at ``db_url``: test_db's `database_url`) using ``models``."""
     library = Library.open(folder, db=db_url, device="cpu")
     library.use_models(models)
@@ -70,7 +70,7 @@ def toy_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def toy_reference(toy_source: Path, models: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict:
     """`vector_table` of the whole toy library indexed in one uninterrupted run (paths relative to it)."""
-    with open_library(tmp_path_factory.mktemp("reference") / "index", None, models) as library:
+    with open_library(tmp_path_factory.mktemp("reference") / "index", None, models=models) as library:
         library.add(toy_source)
         return vector_table(library.db, root=toy_source)
 

@@ -40,7 +40,6 @@ from lbsearch.search.engine import StoredQuery
 pytest.register_assert_rewrite("ingest_fixtures")
 from ingest_fixtures import (  # noqa: E402
     assert_consistent,
-    model_set,
     open_library,
     write_video,
     write_wav,
@@ -115,7 +114,7 @@ def test_names_that_are_not_utf8_are_indexed_searchable_and_shown(tmp_path, mode
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / "3.png")
     os.rename(root / "3.png", raw["image"])
     index = tmp_path / "index"
-    with open_library(index, database_url, models) as library:
+    with open_library(index, database_url, models=models) as library:
         report = library.add(root, options=IngestOptions(workers=0))
         assert (report.embedded, report.failed) == (3, 0), report.errors
         records = {os.fsencode(record.path): record for record in library.db.files()}
@@ -221,7 +220,7 @@ def test_a_lossy_track_is_read_from_its_start_so_spans_are_exact(tmp_path):
         assert torch.equal(read_audio(path, start, end)[0], cut_window(waveform, rate, start, end))
 
 
-def _ingest_peak_rss_mb(tmp_path: Path, root: Path, windows: WindowSpec) -> dict:
+def _ingest_peak_rss_mb(tmp_path: Path, root: Path, windows: WindowSpec, models: dict[str, str]) -> dict:
     """Index ``root`` with the tiny models in a fresh process (decoding in it too); its report and peak RSS."""
     script = (
         "import json, resource, sys\n"
@@ -237,7 +236,7 @@ def _ingest_peak_rss_mb(tmp_path: Path, root: Path, windows: WindowSpec) -> dict
         "print(json.dumps({'embedded': r.embedded, 'vectors': r.vectors, 'errors': r.errors, 'files': files,"
         " 'peak_mb': peak}))\n"
     )
-    args = [str(root), str(tmp_path / "index"), json.dumps(model_set()), str(windows.length), str(windows.hop)]
+    args = [str(root), str(tmp_path / "index"), json.dumps(models), str(windows.length), str(windows.hop)]
     done = subprocess.run(
         [sys.executable, "-c", script, *args], cwd=REPO, capture_output=True, text=True, timeout=900, check=False
     )
@@ -253,7 +252,7 @@ def test_peak_memory_of_an_ingest_stays_bounded_for_a_three_hour_wav_and_an_hour
     wav = write_sparse_wav(root / "three-hours.wav", 3 * 3600)
     assert wav.stat().st_size > 345_000_000 and wav.stat().st_blocks * 512 < 1_000_000  # sparse: a header only
     video = write_long_video(root / "an-hour.mkv", 3600)
-    result = _ingest_peak_rss_mb(tmp_path, root, WindowSpec(600.0, 600.0))
+    result = _ingest_peak_rss_mb(tmp_path, root, WindowSpec(600.0, 600.0), models)
     assert result["errors"] == {} and result["embedded"] == 2
     assert result["files"] == {str(wav): ["ok", None], str(video): ["ok", None]}
     # Whole file + 18 ten-minute windows (audio); whole file + 6 windows each of video and of its sound track.

@@ -89,7 +89,7 @@ def test_unchanged_library_embeds_nothing(tmp_path, toy_source, models, database
     files = media_files(root)
     index = tmp_path / "index"
     snapshots: list[IngestProgress] = []
-    with open_library(index, database_url, models) as library:
+    with open_library(index, database_url, models=models) as library:
         first = library.add(root, progress=snapshots.append)
         assert (first.plan["new"], first.embedded, first.failed) == (len(files), len(files), 0)
         assert snapshots[-1].files_done == snapshots[-1].files_total == len(files)
@@ -121,7 +121,7 @@ def test_changed_file_is_embedded_again(tmp_path, toy_source, models, database_u
     root = copy_library(toy_source, tmp_path / "library", scenes=SMALL_SCENES)
     image = sorted((root / "scenes" / "rgb").glob("*.png"))[0]
     sound = sorted((root / "sounds").glob("*.wav"))[0]
-    with open_library(tmp_path / "index", database_url, models) as library:
+    with open_library(tmp_path / "index", database_url, models=models) as library:
         library.add(root)
         table = ids_only(vector_table(library.db))
         old = {path: vector_ids_of(library.db, path) for path in (image, sound)}
@@ -158,7 +158,7 @@ def test_deleted_file_leaves_the_index(tmp_path, toy_source, models, database_ur
     root = copy_library(toy_source, tmp_path / "library", scenes=SMALL_SCENES)
     video = sorted((root / "videos").glob("*.mp4"))[0]
     depth = sorted((root / "scenes" / "depth").glob("*.png"))[0]
-    with open_library(tmp_path / "index", database_url, models) as library:
+    with open_library(tmp_path / "index", database_url, models=models) as library:
         library.add(root)
         gone = {path: vector_ids_of(library.db, path) for path in (video, depth)}
         assert {key[1] for key in gone[video]} == {"video", "audio"}  # the video and its sound track
@@ -186,7 +186,7 @@ def test_moved_and_renamed_files_keep_their_vectors(tmp_path, toy_source, models
     sound = sorted((root / "sounds").glob("*.wav"))[0]
     video = sorted((root / "videos").glob("*.mp4"))[0]
     index = tmp_path / "index"
-    with open_library(index, database_url, models) as library:
+    with open_library(index, database_url, models=models) as library:
         library.add(root)
         before = {path: vector_ids_of(library.db, path) for path in (sound, video)}
         file_ids = {path: library.db.file_by_path(str(path)).id for path in (sound, video)}
@@ -212,7 +212,7 @@ def test_moved_and_renamed_files_keep_their_vectors(tmp_path, toy_source, models
 def test_new_model_version_is_indexed_beside_the_old_one(tmp_path, toy_source, models, tiny_checkpoints):
     root = copy_library(toy_source, tmp_path / "library", scenes=SMALL_SCENES)
     videos = media_files(root / "videos")
-    with open_library(tmp_path / "index", None, models) as library:
+    with open_library(tmp_path / "index", None, models=models) as library:
         library.add(root)
         old_table = vector_table(library.db)
         old_video_model = library.model_id("video")
@@ -253,7 +253,7 @@ def test_long_audio_gets_time_windows(tmp_path, models, sample_media):
     shutil.copy(sample_media / "audio" / "long_stereo_44k_25s.wav", long_audio)
     just_over = root / "just_over.wav"
     shutil.copy(sample_media / "audio" / "0.wav", just_over)  # 10.242 s: two windows, the last one aligned to the end
-    with open_library(tmp_path / "index", None, models) as library:
+    with open_library(tmp_path / "index", None, models=models) as library:
         library.add(root)
         expected = {
             long_audio: [(0.0, 10.0), (5.0, 15.0), (10.0, 20.0), (15.0, 25.0)],
@@ -280,7 +280,7 @@ def test_long_video_gets_windows_and_its_sound_track_in_one_item(tmp_path, model
     video = write_video(root / "clip.mp4", seconds=23.0, fps=8)
     silent = root / "silent.mp4"
     shutil.copy(sample_media / "video" / "0.mp4", silent)
-    with open_library(tmp_path / "index", None, models) as library:
+    with open_library(tmp_path / "index", None, models=models) as library:
         report = library.add(root)
         assert report.warnings == {} and report.failed == 0
         record = library.db.file_by_path(str(video))
@@ -309,7 +309,7 @@ def test_long_video_gets_windows_and_its_sound_track_in_one_item(tmp_path, model
 def test_a_video_whose_sound_track_cannot_be_decoded_keeps_its_pictures(tmp_path, models):
     root = tmp_path / "library"
     video = write_video_with_broken_sound(root / "clip.mp4")
-    with open_library(tmp_path / "index", None, models) as library:
+    with open_library(tmp_path / "index", None, models=models) as library:
         report = library.add(root)
         assert (report.embedded, report.failed) == (1, 0)
         assert report.warnings[str(video)].startswith("audio track skipped: cannot decode audio")
@@ -324,7 +324,7 @@ def test_windows_past_one_decode_part_are_all_embedded(tmp_path, models):
     """19 windows: the first decode task carries 16, a follow-up task the rest (in another worker)."""
     root = tmp_path / "library"
     video = write_video(root / "clip.mp4", seconds=20.0, fps=8, seed=3)
-    with open_library(tmp_path / "index", None, models) as library:
+    with open_library(tmp_path / "index", None, models=models) as library:
         library.add(root, options=IngestOptions(windows=WindowSpec(2.0, 1.0), workers=2, batch_size=5))
         record = library.db.file_by_path(str(video))
         for modality in ("video", "audio"):
@@ -345,7 +345,7 @@ def test_workers_left_without_tasks_are_reported_for_encoding(tmp_path, models):
     for index in range(10):
         Image.fromarray(np.full((24, 32, 3), 20 * index, np.uint8)).save(root / f"{index}.png")
     options = IngestOptions(workers=2, batch_size=1)  # at most 2 * 1 + 2 * 2 = 6 tasks in flight
-    with open_library(tmp_path / "index", None, models) as library:
+    with open_library(tmp_path / "index", None, models=models) as library:
         encoders = {"image": library.encoder("image")}
         ingestor = Ingestor(library.db, encoders, {"image": library.model_id("image")}, options)
         todo = [ingestor.decode_task(str(path), "image", path.stat().st_size) for path in sorted(root.iterdir())]
@@ -392,7 +392,7 @@ def test_a_run_freezes_older_objects_for_the_garbage_collector_and_thaws_them(tm
     root.mkdir()
     Image.fromarray(np.full((24, 32, 3), 90, np.uint8)).save(root / "a.png")
     seen: list[int] = []
-    with open_library(tmp_path / "index", None, models) as library:
+    with open_library(tmp_path / "index", None, models=models) as library:
         encoder = library.encoder("image")
         real_encode = encoder.encode
         monkeypatch.setattr(encoder, "encode", lambda x: seen.append(gc.get_freeze_count()) or real_encode(x))
@@ -439,7 +439,7 @@ def test_paired_frames_in_sibling_folders_are_one_item(tmp_path, toy_source, mod
     for folder, source in pairs:
         (llvip / folder).mkdir(parents=True)
         shutil.copy(source, llvip / folder / "190001.jpg")
-    with open_library(tmp_path / "index", None, models) as library:
+    with open_library(tmp_path / "index", None, models=models) as library:
         library.add(root)
         with library.db.session() as session:
             rows = session.execute(select(Item.key, File.path, File.modality).join(Item, File.item_id == Item.id))
@@ -495,7 +495,7 @@ def test_bad_files_are_recorded_and_the_run_goes_on(tmp_path, toy_source, models
     for name, data in broken.items():
         (bad / name).write_bytes(data)
     index = tmp_path / "index"
-    with open_library(index, None, models) as library:
+    with open_library(index, None, models=models) as library:
         report = library.add(root)
         assert report.failed == len(broken) and report.embedded == len(good)
         assert set(report.errors) == {str(bad / name) for name in broken}
@@ -534,7 +534,7 @@ def test_bad_files_are_recorded_and_the_run_goes_on(tmp_path, toy_source, models
 
 def test_an_encoder_failure_stops_the_run_without_a_trace_in_the_library(tmp_path, toy_source, models, monkeypatch):
     root = copy_library(toy_source, tmp_path / "library", scenes=1)
-    with open_library(tmp_path / "index", None, models) as library:
+    with open_library(tmp_path / "index", None, models=models) as library:
         threads = torch.get_num_threads()
 
         def broken(batch, batch_size=None):
@@ -613,7 +613,7 @@ def running(pid: int) -> bool:
 def test_search_while_indexing_sees_the_last_committed_state(tmp_path, toy_source, models):
     root = copy_library(toy_source, tmp_path / "library", scenes=6)
     index = tmp_path / "index"
-    with open_library(index, None, models) as reader:
+    with open_library(index, None, models=models) as reader:
         model_ids = {modality: reader.model_id(modality) for modality in models}
         for modality in models:  # load the text side now, so that searches keep up with the commits
             reader.encoder(modality, text_only=True).encode_text("warm up")
@@ -649,7 +649,7 @@ def test_kill_9_mid_run_then_rerun_indexes_every_file_exactly_once(tmp_path, toy
     rng = random.Random(CRASH_SEED)
     root = tmp_path.resolve() / "library"
     index = tmp_path / "index"
-    with open_library(index, None, models) as library:
+    with open_library(index, None, models=models) as library:
         # A first, finished run over part of the library (so index files exist and go stale), with a file that
         # will be deleted and one that will change back to the library's version before the killed run.
         copy_library(toy_source, root, scenes=4)
@@ -712,7 +712,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_completes(tmp_path, toy_source, toy_re
     rng = random.Random(CRASH_SEED + 1)
     root = copy_library(toy_source, tmp_path / "library")
     index = tmp_path / "index"
-    with open_library(index, None, models) as library:
+    with open_library(index, None, models=models) as library:
         process = start_index_command(root, index, commit_files=4)
         try:
             wait_for_commits(process, library.db, rng.randrange(4, 40))

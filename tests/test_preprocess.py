@@ -283,13 +283,13 @@ def test_bad_windows(tmp_path: Path) -> None:
     wav = tmp_path / "a.wav"
     write_pcm16(wav, tone(1.0, 16000, 440), 16000)
     audio = preprocessor_for("audio")
-    with pytest.raises(ValueError):
+    with pytest.raises(MediaError, match=r"a\.wav: empty time window"):
         audio(wav, 0.5, 0.5)
     with pytest.raises(MediaError, match="outside"):
         audio(wav, 5.0, 6.0)
     picture = tmp_path / "p.png"
     photo().save(picture)
-    with pytest.raises(ValueError):
+    with pytest.raises(MediaError, match=r"p\.png: image inputs have no time axis"):
         preprocessor_for("image")(picture, 0.0, 1.0)
 
 

@@ -62,7 +62,7 @@ def assert_index_holds_stored_vectors(library: Library) -> None:
 @pytest.fixture
 def indexed(tmp_path: Path, toy_source: Path, models: dict[str, str], database_url: str) -> Iterator[Library]:
     root = copy_library(toy_source, tmp_path / "library", scenes=SCENES)
-    library = open_library(tmp_path / "index", database_url, models)
+    library = open_library(tmp_path / "index", database_url, models=models)
     library.add(root)
     yield library
     library.close()
@@ -131,7 +131,7 @@ def test_verify_lists_each_disagreement_and_repair_fixes_it(indexed: Library, da
 
         assert "repaired" in run(command(index, database_url, "verify", "--repair"), 0), name
         run(command(index, database_url, "verify"), 0)
-        with open_library(index, database_url, models) as reopened:
+        with open_library(index, database_url, models=models) as reopened:
             assert_consistent(reopened)
             assert_index_holds_stored_vectors(reopened)
     assert vector_table(indexed.db).keys() == before.keys()  # repairs rebuild from stored vectors: nothing lost
@@ -154,7 +154,7 @@ def test_outdated_index_files_catch_up_when_opened(tmp_path: Path, indexed: Libr
     shutil.rmtree(index / "faiss")
     shutil.copytree(saved, index / "faiss")  # the files as they were before that run
     assert run(command(index, database_url, "verify"), 0)
-    with open_library(index, database_url, models) as reopened:
+    with open_library(index, database_url, models=models) as reopened:
         for model_id, modality in reopened.db.vector_groups():
             on_disk = indexed_ids_on_disk(reopened.store, model_id, modality)
             in_db = reopened.db.vector_ids(model_id, modality)
@@ -175,7 +175,7 @@ def test_reindex_rebuilds_from_stored_vectors_without_embedding(indexed: Library
     assert all(entry["factory"] == "IDMap2,Flat" and entry["recall_at_10"] == 1.0 for entry in rebuilt)
     after = vector_table(indexed.db)
     assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in before.items()}  # same ids: not re-embedded
-    with open_library(index, database_url, models) as reopened:
+    with open_library(index, database_url, models=models) as reopened:
         assert_consistent(reopened)
         assert_index_holds_stored_vectors(reopened)
 
@@ -187,7 +187,7 @@ def test_remove_forgets_files_in_every_index(tmp_path: Path, indexed: Library, d
     assert {key[2] for key in doomed} == {"video", "audio"}
     output = run(command(indexed.folder, database_url, "remove", str(root / "videos")), 0)
     assert f"{len(videos)} files removed" in output
-    with open_library(indexed.folder, database_url, models) as reopened:
+    with open_library(indexed.folder, database_url, models=models) as reopened:
         assert not any(key[0].startswith(str(root / "videos")) for key in vector_table(reopened.db))
         groups = reopened.db.vector_groups()
         assert (reopened.model_id("video"), "video") not in groups  # no video is left ...

@@ -132,7 +132,7 @@ def window_bounds(
     if start is None and end is None:
         return 0, count
     if start is not None and end is not None and end <= start:
-        raise ValueError(f"empty time window [{start}, {end}) for {source}")
+        raise MediaError(source, f"empty time window [{start}, {end})")
     if rate <= 0:
         raise MediaError(source, "unknown frame or sample rate; cannot cut a time window")
     first = 0 if start is None else max(0, math.ceil(round(start * rate, _INDEX_DECIMALS)))
