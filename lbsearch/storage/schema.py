@@ -25,6 +25,7 @@ from sqlalchemy import (
     UniqueConstraint,
     inspect,
     select,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -112,6 +113,8 @@ class Vector(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
     modality: Mapped[str] = mapped_column(String(16))
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    # The precision the encoder ran at (fp32, bf16, fp16, int8); NULL for vectors stored before it was recorded.
+    precision: Mapped[str | None] = mapped_column(String(8))
 
 
 class VectorDeletion(Base):
@@ -157,9 +160,14 @@ class SchemaVersion(Base):
 
 # ------------------------------------------------------------------------------------------ migrations
 
+def _vector_precision(connection: Connection) -> None:
+    """Version 2: each vector records the precision its encoder ran at. Older vectors keep NULL (unrecorded)."""
+    connection.execute(text('ALTER TABLE vectors ADD COLUMN "precision" VARCHAR(8)'))
+
+
 # MIGRATIONS[i] upgrades a database of version i + 1 to version i + 2. Version 1 is the schema of lbsearch 0.1
 # (round 1), which recorded no version.
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = ()
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_vector_precision,)
 SCHEMA_VERSION = len(MIGRATIONS) + 1
 
 
