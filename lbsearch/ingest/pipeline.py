@@ -32,7 +32,7 @@ from lbsearch import modalities
 from lbsearch.ingest import scan
 from lbsearch.ingest.decode import DecodedPart, DecodeTask, ModelInput, WindowSpec, decode, follow_up_tasks
 from lbsearch.models import Encoder
-from lbsearch.models.autotune import HEAVY_ENCODER_PARAMETERS, parameter_count
+from lbsearch.models.autotune import HEAVY_ENCODER_PARAMETERS
 from lbsearch.preprocess import PreprocessSettings
 from lbsearch.storage.database import Database
 from lbsearch.storage.records import FileVectors, MediaInfo, NewVector
@@ -450,8 +450,7 @@ def _decode_group(tasks: list[DecodeTask]) -> list[DecodedPart]:
 
 def _heavy_on_cpu(encoder: Encoder) -> bool:
     """A tower of `HEAVY_ENCODER_PARAMETERS` or more takes far longer per input on a CPU than decoding does."""
-    tower = encoder.vision
-    return tower is not None and encoder.device.type == "cpu" and parameter_count(tower) >= HEAVY_ENCODER_PARAMETERS
+    return encoder.device.type == "cpu" and encoder.vision_parameters >= HEAVY_ENCODER_PARAMETERS
 
 
 def _worker_init(parent_pid: int, niceness: int) -> None:

@@ -48,6 +48,8 @@ class Encoder:
         self.weights_hash = weights_hash
         self.text_hash = text_hash
         self.precision = precision
+        # Counted at fp32: int8 layers hide their weights from `parameters()`.
+        self.vision_parameters = autotune.parameter_count(vision) if vision is not None else 0
         self.preprocessor = preprocessor_for(self.modality, PreprocessSettings.from_vision_config(config.vision))
 
     @property

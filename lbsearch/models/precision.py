@@ -2,13 +2,16 @@
 
 - ``fp32``: the released weights as they are (exact to the official code);
 - ``bf16`` / ``fp16``: both towers cast to that float type;
-- ``int8`` (CPU): the modality tower's Linear layers run with int8 weights and per-token dynamically quantised
-  int8 activations through torchao; the language tower stays fp32 (one short query at a time: not worth it);
+- ``int8`` (CPU): the modality tower's Linear layers run with int8 weights and dynamically quantised int8
+  activations (PyTorch's dynamic quantisation); the language tower stays fp32 (one short query at a time: not
+  worth it);
 - ``auto``: the modality tower stays fp32 until its first batch, which calibrates the choice
   (`lbsearch.models.autotune`): the fastest precision whose embeddings agree with fp32.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -48,9 +51,12 @@ def text_dtype(precision: str, device: str | torch.device) -> torch.dtype:
 def apply_to_tower(tower: torch.nn.Module, precision: str) -> torch.nn.Module:
     """``tower`` (fp32) converted in place to ``precision`` (not ``auto``); returns it."""
     if precision == INT8:
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-
-        tower.float()
-        quantize_(tower, Int8DynamicActivationInt8WeightConfig())
+        # PyTorch's dynamic quantisation (fbgemm kernels), not torchao's int8: on an AVX2 CPU without VNNI
+        # torchao's int8 dynamic-activation/int8-weight ran 16x slower than fp32 here, this 1.9x faster
+        # (benchmarks/encode.py, docs/benchmarks.md). It warns that it leaves PyTorch in 2.10 (for torchao); torch
+        # is pinned at 2.9, where it is the maintained path that is fast on such CPUs.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated", DeprecationWarning)
+            torch.ao.quantization.quantize_dynamic(tower.float(), {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
         return tower
     return tower.to(dtype=FLOAT_TYPES[precision])
