@@ -296,6 +296,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=200, help="library size for the tiny model")
     parser.add_argument("--large-files", type=int, default=25, help="library size for the ViT-L/14 model")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where encoders run")
     parser.add_argument("--batch-size", type=int, default=IngestOptions().batch_size)
     parser.add_argument(
         "--encode-threads", type=int, default=None, help="the pipeline's encoding threads (default: its own choice)"
@@ -334,6 +335,7 @@ def main() -> None:
             root = work_dir / f"library-{files}"
             write_toy_library(root, files)
             encoders = tiny_encoders(work_dir / "tiny-checkpoints") if size == "tiny" else large_encoders()
+            encoders = {modality: encoder.to(args.device) for modality, encoder in encoders.items()}
             for precision in args.precisions:
                 converted = at_precision(encoders, precision)
                 name = f"{size} {precision}" + (f" ({converted['image'].precision})" if precision == AUTO else "")
@@ -343,7 +345,8 @@ def main() -> None:
             del encoders
 
     print(
-        f"\nmachine: {machine()}; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after. "
+        f"\nmachine: {machine()}, encoders on {args.device}; "
+        f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after. "
         f"Pipeline: {args.workers} decode workers, batch {args.batch_size}. Medians of {args.repeats} rounds; "
         f"(a) and encode only at their best of {thread_counts} torch threads.\n"
     )
