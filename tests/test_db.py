@@ -572,11 +572,11 @@ def test_migrations_run_in_order_from_the_version_found(
         ran.append("fill")
         connection.execute(text("UPDATE files SET note = 'x'"))
 
-    monkeypatch.setattr(schema, "MIGRATIONS", (add_note, fill_note))
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, add_note, fill_note))
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", SCHEMA_VERSION + 2)
     with Database.open(database_url) as database, database.engine.connect() as connection:
-        assert ran == ["note", "fill"]  # version 1 -> 2 -> 3
-        assert schema_version(connection) == 3
+        assert ran == ["note", "fill"]  # version N -> N + 1 -> N + 2
+        assert schema_version(connection) == SCHEMA_VERSION + 2
     with Database.open(database_url):
         assert ran == ["note", "fill"]  # nothing left to run
 

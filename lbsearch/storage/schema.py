@@ -162,7 +162,8 @@ class SchemaVersion(Base):
 
 def _vector_precision(connection: Connection) -> None:
     """Version 2: each vector records the precision its encoder ran at. Older vectors keep NULL (unrecorded)."""
-    connection.execute(text('ALTER TABLE vectors ADD COLUMN "precision" VARCHAR(8)'))
+    if "precision" not in {column["name"] for column in inspect(connection).get_columns("vectors")}:
+        connection.execute(text('ALTER TABLE vectors ADD COLUMN "precision" VARCHAR(8)'))
 
 
 # MIGRATIONS[i] upgrades a database of version i + 1 to version i + 2. Version 1 is the schema of lbsearch 0.1
