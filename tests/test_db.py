@@ -462,7 +462,13 @@ def test_counts_and_failed_files_for_status(db: Database) -> None:
     }
     assert counts["items"] == 3 and counts["segments"] == 1
     assert counts["vectors"] == [
-        {"model_id": model, "model": "LanguageBind/LanguageBind_Image", "modality": "image", "vectors": 1}
+        {
+            "model_id": model,
+            "model": "LanguageBind/LanguageBind_Image",
+            "modality": "image",
+            "vectors": 1,
+            "precisions": {"fp32": 1},
+        }
     ]
     assert [(record.path, record.error) for record in db.failed_files()] == [
         ("/lib/bad.jpg", "cannot identify image file")
