@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import os
 import time
 from dataclasses import replace
@@ -117,6 +118,8 @@ def main() -> None:
     names = args.precisions or [*DEVICE_PRECISIONS[kind], *([TORCHAO_INT8] if kind == "cpu" else [])]
     if names[0] != "fp32":
         parser.error("--precisions must start with fp32 (the reference)")
+    if TORCHAO_INT8 in names and importlib.util.find_spec("torchao") is None:
+        parser.error(f'{TORCHAO_INT8} needs torchao: pip install -e ".[bench]"')
 
     flags = autotune.cpu_flags()
     print(
