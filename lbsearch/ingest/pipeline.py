@@ -44,10 +44,10 @@ ORPHAN_CHECK_SECONDS = 0.5
 # 5%; a file of a megabyte or more (a photo, a real video) is worth a call of its own.
 GROUP_TASKS = 8
 GROUP_BYTES = 1 << 20
-# When encoding is the slow stage, the decode workers run at this lower priority: they then take only the cycles
-# the encoder leaves idle (between batches, in its serial parts) and never slow it down, while still decoding
-# ahead of it: a parallel region of the encoder waits for its slowest thread, so each core a worker takes at equal
-# priority stalls the whole batch.
+# When encoding is the slow stage, the decode workers run at this lower priority, so that the scheduler gives them
+# the cycles the encoder leaves idle (between batches, in its serial parts) rather than a share of its cores: a
+# parallel region of the encoder waits for its slowest thread, so a core taken by a worker stalls the whole batch.
+# (Not yet measured at ViT-L: see docs/benchmarks.md.)
 WORKER_NICENESS = 10
 
 
