@@ -43,7 +43,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -83,11 +83,13 @@ def tiny_encoders(folder: Path) -> dict[str, Encoder]:
     return encoders
 
 
-def large_encoders() -> dict[str, Encoder]:
-    """Random ViT-L/14 modality towers (no language tower: ingestion does not use it)."""
+def large_encoders(layers: int) -> dict[str, Encoder]:
+    """Random ViT-L/14 modality towers (no language tower: ingestion does not use it), with ``layers`` of its 24
+    layers."""
     encoders = {}
     for modality in MODALITIES:
         config = large_config(modality)
+        config = replace(config, vision=replace(config.vision, num_hidden_layers=layers))
         tower = VisionTower(config.vision, config.projection_dim)
         encoders[modality] = Encoder(config, tower, None, config.logit_scale_init_value, source="random")
     return encoders
@@ -296,6 +298,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=200, help="library size for the tiny model")
     parser.add_argument("--large-files", type=int, default=25, help="library size for the ViT-L/14 model")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--large-layers", type=int, default=24, help="layers of the large towers (24: ViT-L/14)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where encoders run")
     parser.add_argument("--batch-size", type=int, default=IngestOptions().batch_size)
     parser.add_argument(
@@ -334,7 +337,10 @@ def main() -> None:
             files = args.files if size == "tiny" else args.large_files
             root = work_dir / f"library-{files}"
             write_toy_library(root, files)
-            encoders = tiny_encoders(work_dir / "tiny-checkpoints") if size == "tiny" else large_encoders()
+            if size == "tiny":
+                encoders = tiny_encoders(work_dir / "tiny-checkpoints")
+            else:
+                encoders = large_encoders(args.large_layers)
             encoders = {modality: encoder.to(args.device) for modality, encoder in encoders.items()}
             for precision in args.precisions:
                 converted = at_precision(encoders, precision)
