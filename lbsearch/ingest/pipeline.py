@@ -47,7 +47,7 @@ GROUP_BYTES = 1 << 20
 # When encoding is the slow stage, the decode workers run at this lower priority, so that the scheduler gives them
 # the cycles the encoder leaves idle (between batches, in its serial parts) rather than a share of its cores: a
 # parallel region of the encoder waits for its slowest thread, so a core taken by a worker stalls the whole batch.
-# (Not yet measured at ViT-L: see docs/benchmarks.md.)
+# (Not yet measured against equal priority: see docs/benchmarks.md.)
 WORKER_NICENESS = 10
 
 
