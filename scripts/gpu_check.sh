@@ -15,7 +15,10 @@ python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 
 }
 
 step "install"
-python3 -m pip install -q -e ".[test,bench]"
+# Once installed, not again: pip would bring faiss-cpu back beside faiss-gpu (both are the `faiss` module).
+if ! python3 -c 'import importlib.metadata as m; [m.version(p) for p in ("lbsearch", "pytest", "torchao")]' 2>/dev/null; then
+  python3 -m pip install -q -e ".[test,bench]"
+fi
 if ! python3 -c 'import faiss, sys; sys.exit(0 if faiss.get_num_gpus() > 0 else 1)' 2>/dev/null; then
   # faiss-cpu and faiss-gpu both provide the `faiss` module: swap one for the other, as the gpu extra says.
   gpu_extra=$(python3 -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["gpu"]))')
