@@ -1,24 +1,35 @@
-"""Encode throughput per modality for a ViT-L/14-shaped LanguageBind encoder with random weights.
+"""Encode throughput per modality and precision for a ViT-L/14-shaped LanguageBind encoder with random weights.
 
-Prints a Markdown table of items/s at each batch size and precision. No download needed: the architecture is the
-released Large one (24 layers, width 1024, 8 frames at 224 for video, 112x1036 mel for audio), the weights random.
+Prints the CPU flags that decide precision speed, then a Markdown table of items/s per modality, batch size and
+precision, each precision's speed-up over fp32 and its worst cosine to fp32, and what ``auto`` picks on this
+machine (`lbsearch.models.autotune`, cached per machine and model shape) with its speed-up. No download needed:
+the architecture is the released Large one (24 layers, width 1024, 8 frames at 224 for video, 112x1036 mel for
+audio), the weights random. Only the modality tower runs (ingestion never runs the language tower).
 
-    python benchmarks/encode.py                       # every modality, batch 1 and 8, fp32 (+bf16 on CPU)
-    python benchmarks/encode.py --modalities image audio --batches 1 8 --dtypes fp32 bf16
-On CUDA, fp16 and bf16 are measured too.
+    python3 -m benchmarks.encode                                  # every modality, batch 8, every precision
+    python3 -m benchmarks.encode --modalities image audio --batches 1 8 --precisions fp32 int8 int8-torchao
+``int8`` is lbsearch's (PyTorch's dynamic quantisation); ``int8-torchao`` is torchao's int8
+dynamic-activation/int8-weight, the alternative, for comparison (``pip install -e ".[bench]"``). Each precision
+is warmed up with one call before the timings.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib.util
+import os
 import time
+from dataclasses import replace
 
 import torch
 
 from lbsearch.modalities import MODALITIES
-from lbsearch.models import ModelConfig, build_encoder
+from lbsearch.models import Encoder, ModelConfig, autotune, build_encoder
+from lbsearch.models.precision import DEVICE_PRECISIONS, apply_to_tower
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# torchao's int8 dynamic-activation/int8-weight, measured beside lbsearch's int8 (`--precisions ... int8-torchao`).
+TORCHAO_INT8 = "int8-torchao"
 
 
 def large_config(modality: str) -> ModelConfig:
@@ -53,71 +64,106 @@ def large_config(modality: str) -> ModelConfig:
     return ModelConfig.from_dict(raw)
 
 
-def input_shape(config: ModelConfig) -> tuple[int, ...]:
-    h, w = config.vision.image_size
-    if config.modality == "video":
-        return (3, config.vision.num_frames, h, w)
-    return (3, h, w)
+def converted(encoder: Encoder, precision: str) -> Encoder:
+    """A copy of the fp32 ``encoder`` running at ``precision`` (its modality tower converted)."""
+    tower = encoder.vision if precision == "fp32" else copy.deepcopy(encoder.vision)
+    if precision == TORCHAO_INT8:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+        quantize_(tower, Int8DynamicActivationInt8WeightConfig())
+    elif precision != "fp32":
+        apply_to_tower(tower, precision)
+    result = copy.copy(encoder)
+    result.vision, result.precision = tower, precision
+    return result
 
 
-def time_encode(encoder, batch: torch.Tensor, min_seconds: float) -> float:
-    """Items per second. A first call that already takes ``min_seconds`` is the measurement (a ViT-L on two
-    CPU cores takes seconds per item, against which one-time start-up costs are negligible); faster cells are
-    warmed up and repeated until ``min_seconds`` have passed."""
+def time_encode(encoder: Encoder, batch: torch.Tensor, min_seconds: float) -> tuple[float, torch.Tensor]:
+    """(items per second, embeddings). A first call that already takes ``min_seconds`` is the measurement (a ViT-L
+    on two CPU cores takes seconds per item, against which one-time start-up costs are negligible); faster cells
+    are repeated until ``min_seconds`` have passed."""
 
-    def timed() -> float:
+    def timed() -> tuple[float, torch.Tensor]:
         start = time.perf_counter()
-        encoder.encode(batch)
+        out = encoder.encode(batch)
         if encoder.device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, out
 
-    first = timed()
+    first, out = timed()
     if first >= min_seconds:
-        return batch.shape[0] / first
+        return batch.shape[0] / first, out
     runs, elapsed = 0, 0.0
     while elapsed < min_seconds:
-        elapsed += timed()
+        elapsed += timed()[0]
         runs += 1
-    return runs * batch.shape[0] / elapsed
+    return runs * batch.shape[0] / elapsed, out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=MODALITIES)
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--batches", nargs="+", type=int, default=[8])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
-        "--dtypes",
+        "--precisions",
         nargs="+",
         default=None,
-        choices=list(DTYPES),
-        help="default: fp32 and bf16 on CPU; fp32, fp16 and bf16 on CUDA",
+        help="fp32 first; default: every precision of the device (CPU: fp32 bf16 int8 int8-torchao)",
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--layers", type=int, default=24, help="vision layers (24: ViT-L; fewer for a quick look)")
     parser.add_argument("--min-seconds", type=float, default=2.0, help="time each cell for at least this long")
     args = parser.parse_args()
-    dtypes = args.dtypes or (["fp32", "fp16", "bf16"] if args.device == "cuda" else ["fp32", "bf16"])
+    kind = torch.device(args.device).type
+    names = args.precisions or [*DEVICE_PRECISIONS[kind], *([TORCHAO_INT8] if kind == "cpu" else [])]
+    if names[0] != "fp32":
+        parser.error("--precisions must start with fp32 (the reference)")
+    if TORCHAO_INT8 in names and importlib.util.find_spec("torchao") is None:
+        parser.error(f'{TORCHAO_INT8} needs torchao: pip install -e ".[bench]"')
 
+    flags = autotune.cpu_flags()
+    print(
+        f"device: {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
+    print(
+        f"CPU: {autotune.cpu_name()}; "
+        + ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in autotune.RELEVANT_CPU_FLAGS)
+    )
+    if kind == "cuda":
+        print(f"GPU: {torch.cuda.get_device_name()}")
+    print()
+    print(
+        "| modality | layers | batch | "
+        + " | ".join(f"{p} items/s" for p in names)
+        + " | speed-up vs fp32 | min cosine vs fp32 | auto picks | auto speed-up |"
+    )
+    print("|---|---|---|" + "---|" * len(names) + "---|---|---|---|")
     torch.manual_seed(0)
-    print(f"device: {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}\n")
-    print("| modality | input | batch | " + " | ".join(f"{d} items/s" for d in dtypes) + " | speed-up vs fp32 |")
-    print("|---|---|---|" + "---|" * len(dtypes) + "---|")
     for modality in args.modalities:
         config = large_config(modality)
+        config = replace(config, vision=replace(config.vision, num_hidden_layers=args.layers))
         encoder = build_encoder(config, device=args.device)
+        encoder.text = None
+        encoders = {name: converted(encoder, name) for name in names}
         for batch_size in args.batches:
-            batch = torch.randn(batch_size, *input_shape(config))
-            rates = []
-            for name in dtypes:
-                encoder.to(dtype=DTYPES[name])
-                rates.append(time_encode(encoder, batch, args.min_seconds))
-            ratios = ", ".join(f"{d} {r / rates[0]:.2f}x" for d, r in zip(dtypes[1:], rates[1:], strict=True))
-            cells = " | ".join(f"{r:.2f}" for r in rates)
+            batch = autotune.example_inputs(config, batch_size)
+            for each in encoders.values():  # warm-up: one-time costs stay out of the timings
+                each.encode(batch[:1])
+            rates, outputs = {}, {}
+            for name, each in encoders.items():
+                rates[name], outputs[name] = time_encode(each, batch, args.min_seconds)
+            auto = autotune.resolve(config, encoder.vision, batch)
+            cosines = {name: float((out * outputs["fp32"]).sum(-1).min()) for name, out in outputs.items()}
+            cells = " | ".join(f"{rates[n]:.2f}" for n in names)
+            ratios = ", ".join(f"{n} {rates[n] / rates['fp32']:.2f}x" for n in names[1:])
+            agree = ", ".join(f"{n} {cosines[n]:.5f}" for n in names[1:])
+            auto_ratio = f"{rates[auto] / rates['fp32']:.2f}x" if auto in rates else "-"
             print(
-                f"| {modality} | {'x'.join(map(str, input_shape(config)))} | {batch_size} | {cells} | {ratios} |",
+                f"| {modality} | {args.layers} | {batch_size} | {cells} | {ratios} | {agree} | {auto} | {auto_ratio} |",
                 flush=True,
             )
-        del encoder
+        del encoder, encoders
 
 
 if __name__ == "__main__":

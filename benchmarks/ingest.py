@@ -25,11 +25,16 @@ Run from the repository root:
 
     python3 -m benchmarks.ingest                             # tiny on 200 files, large on 25 files
     python3 -m benchmarks.ingest --sizes tiny --files 400 --repeats 5
+    python3 -m benchmarks.ingest --sizes large --precisions fp32 auto   # + the pipeline at the auto precision
+
+With ``--precisions``, every measurement runs at each precision (the encoders converted as `--precision` does);
+the closing lines compare each pipeline with the official loop at fp32 (the first row of its size).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import platform
@@ -38,7 +43,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +54,8 @@ from lbsearch.ingest import scan
 from lbsearch.ingest.decode import DecodedPart, DecodeTask, ModelInput, WindowSpec, follow_up_tasks
 from lbsearch.ingest.pipeline import IngestOptions, Ingestor, available_cores
 from lbsearch.modalities import MODALITIES
-from lbsearch.models import Encoder, ModelConfig, build_encoder, load_checkpoint, save_checkpoint
+from lbsearch.models import Encoder, ModelConfig, autotune, build_encoder, load_checkpoint, save_checkpoint
+from lbsearch.models.precision import AUTO, FP32, apply_to_tower
 from lbsearch.models.towers import VisionTower
 from lbsearch.storage.database import Database
 from lbsearch.storage.store import IndexStore
@@ -77,14 +83,29 @@ def tiny_encoders(folder: Path) -> dict[str, Encoder]:
     return encoders
 
 
-def large_encoders() -> dict[str, Encoder]:
-    """Random ViT-L/14 modality towers (no language tower: ingestion does not use it)."""
+def large_encoders(layers: int) -> dict[str, Encoder]:
+    """Random ViT-L/14 modality towers (no language tower: ingestion does not use it), with ``layers`` of its 24
+    layers."""
     encoders = {}
     for modality in MODALITIES:
         config = large_config(modality)
+        config = replace(config, vision=replace(config.vision, num_hidden_layers=layers))
         tower = VisionTower(config.vision, config.projection_dim)
         encoders[modality] = Encoder(config, tower, None, config.logit_scale_init_value, source="random")
     return encoders
+
+
+def at_precision(encoders: dict[str, Encoder], precision: str) -> dict[str, Encoder]:
+    """Copies of the fp32 ``encoders`` at ``precision``; ``auto`` settled here (measured once per machine and
+    model shape, then cached), so that its micro-benchmark stays out of the timings."""
+    converted = {}
+    for modality, encoder in encoders.items():
+        chosen = autotune.resolve(encoder.config, encoder.vision) if precision == AUTO else precision
+        copied = copy.copy(encoder)
+        copied.vision = apply_to_tower(copy.deepcopy(encoder.vision), chosen) if chosen != FP32 else encoder.vision
+        copied.precision = chosen
+        converted[modality] = copied
+    return converted
 
 
 @dataclass
@@ -277,6 +298,8 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=200, help="library size for the tiny model")
     parser.add_argument("--large-files", type=int, default=25, help="library size for the ViT-L/14 model")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--large-layers", type=int, default=24, help="layers of the large towers (24: ViT-L/14)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where encoders run")
     parser.add_argument("--batch-size", type=int, default=IngestOptions().batch_size)
     parser.add_argument(
         "--encode-threads", type=int, default=None, help="the pipeline's encoding threads (default: its own choice)"
@@ -287,6 +310,12 @@ def main() -> None:
         type=int,
         default=None,
         help="torch threads to time (a) and encode only with; the best counts (default: 1 and torch's default)",
+    )
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=[FP32],
+        help="encoder precisions to run each size at (fp32 first: its (a) is the official loop), e.g. fp32 auto",
     )
     parser.add_argument("--repeats", type=int, default=3, help="rounds of measurements (medians are reported)")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep libraries and indexes here")
@@ -308,13 +337,22 @@ def main() -> None:
             files = args.files if size == "tiny" else args.large_files
             root = work_dir / f"library-{files}"
             write_toy_library(root, files)
-            encoders = tiny_encoders(work_dir / "tiny-checkpoints") if size == "tiny" else large_encoders()
-            run = work_dir / f"run-{size}-{time.time_ns()}"
-            rows.append(run_size(size, encoders, root, run, options, thread_counts, args.repeats, log))
+            if size == "tiny":
+                encoders = tiny_encoders(work_dir / "tiny-checkpoints")
+            else:
+                encoders = large_encoders(args.large_layers)
+            encoders = {modality: encoder.to(args.device) for modality, encoder in encoders.items()}
+            for precision in args.precisions:
+                converted = at_precision(encoders, precision)
+                name = f"{size} {precision}" + (f" ({converted['image'].precision})" if precision == AUTO else "")
+                run = work_dir / f"run-{size}-{time.time_ns()}"
+                rows.append(run_size(name, converted, root, run, options, thread_counts, args.repeats, log))
+                del converted
             del encoders
 
     print(
-        f"\nmachine: {machine()}; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after. "
+        f"\nmachine: {machine()}, encoders on {args.device}; "
+        f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after. "
         f"Pipeline: {args.workers} decode workers, batch {args.batch_size}. Medians of {args.repeats} rounds; "
         f"(a) and encode only at their best of {thread_counts} torch threads.\n"
     )
@@ -332,6 +370,11 @@ def main() -> None:
             f"| {row['decode']:.2f} | {row['encode']:.2f} | {row['pipeline'] / slower:.0%} | {row['bound']:.2f} "
             f"| {row['pipeline'] / row['bound']:.0%} | {row['difference']:.1e} |"
         )
+    official = {row["model"].split()[0]: row["sequential"] for row in rows if row["model"].endswith(f" {FP32}")}
+    for row in rows:
+        size = row["model"].split()[0]
+        if size in official and not row["model"].endswith(f" {FP32}"):
+            print(f"\n{row['model']}: (b) pipeline / (a) official fp32 loop = {row['pipeline'] / official[size]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,14 @@ DbOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 DeviceOption = Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda when present).")]
+PrecisionOption = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="What the encoders run at: auto (the fastest that agrees with fp32 here, measured once per machine "
+        "and model), fp32 (exact), bf16 or int8 on a CPU, fp16 or bf16 on CUDA.",
+    ),
+]
 
 
 def fail(error: Exception | str, code: int = 1) -> None:
@@ -92,11 +100,13 @@ def fail(error: Exception | str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def open_library(index: Path | None, db: str | None, device: str | None = None, create: bool = False):
+def open_library(
+    index: Path | None, db: str | None, device: str | None = None, create: bool = False, precision: str = "auto"
+):
     """The library of ``--index``/``--db``; only commands that add to it (``index``) create a missing one."""
     from lbsearch.library import Library
 
-    return Library.open(index, db=db, device=device, create=create)
+    return Library.open(index, db=db, device=device, create=create, precision=precision)
 
 
 def folded(header: str) -> Column:
@@ -174,6 +184,7 @@ def index(
     index_dir: IndexOption = None,
     db: DbOption = None,
     device: DeviceOption = None,
+    precision: PrecisionOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
     """Embed media folders into the library: new and changed files are embedded, moved ones recognised, deleted
@@ -197,7 +208,7 @@ def index(
         include_hidden=hidden,
         retry_failed=retry_failed,
     )
-    lib = open_library(index_dir, db, device, create=True)
+    lib = open_library(index_dir, db, device, create=True, precision=precision)
     if models or model:
         lib.use_models(chosen_models(models, model or []))
     bar = None
@@ -317,6 +328,7 @@ def search(
     index_dir: IndexOption = None,
     db: DbOption = None,
     device: DeviceOption = None,
+    precision: PrecisionOption = "auto",
     as_json: JsonOption = False,
 ) -> None:
     """Search the library with words, a file, or both.
@@ -358,7 +370,7 @@ def search(
         ),
         min_score=min_score,
     )
-    hits = open_library(index_dir, db, device).search(request=request)
+    hits = open_library(index_dir, db, device, precision=precision).search(request=request)
     if as_json:
         print_json([hit.to_dict() for hit in hits])
         return
@@ -432,12 +444,17 @@ def status(index_dir: IndexOption = None, db: DbOption = None, as_json: JsonOpti
     for modality, counts in report["files"].items():
         files.add_row(modality, *(str(counts.get(s, 0)) for s in ("ok", "pending", "error")))
     console.print(files)
-    indexes = Table("model", "modality", "vectors", "type", "recall@10", title="Indexes")
+    precisions = {
+        (group["model_id"], group["modality"]): ", ".join(f"{p} {n}" for p, n in group["precisions"].items())
+        for group in report["vectors"]
+    }
+    indexes = Table("model", "modality", "vectors", "precision", "type", "recall@10", title="Indexes")
     for entry in report["indexes"]:
         indexes.add_row(
             str(entry["model_id"]),
             entry["modality"],
             str(entry.get("ntotal", "-")),
+            precisions.get((entry["model_id"], entry["modality"]), "-"),
             str(entry.get("factory", "-")),
             str(entry.get("recall_at_10", "-")),
         )

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
-
 from lbsearch.errors import ConfigError
 from lbsearch.modalities import check_all, lookup
 from lbsearch.models import Encoder, load_checkpoint
@@ -22,10 +20,10 @@ MODEL_IDS_SETTING = "model_ids"
 
 
 class ModelSet:
-    def __init__(self, db: Database, device: str, dtype: torch.dtype):
+    def __init__(self, db: Database, device: str, precision: str):
         self.db = db
         self.device = device
-        self.dtype = dtype
+        self.precision = precision
         self._encoders: dict[tuple[str, bool], Encoder] = {}
 
     @property
@@ -57,9 +55,8 @@ class ModelSet:
                 f"({', '.join(MODEL_SETS)})"
             )
         shared = next((e for e in self._encoders.values() if e.text is not None), None)
-        encoder = load_checkpoint(
-            source, self.device, self.dtype, text_tower=shared, towers=("text",) if text_only else ("vision", "text")
-        )
+        towers = ("text",) if text_only else ("vision", "text")
+        encoder = load_checkpoint(source, self.device, self.precision, text_tower=shared, towers=towers)
         if encoder.modality != modality:
             raise ConfigError(f"{source} is a {encoder.modality} checkpoint, but is set for {modality}")
         self._encoders[(modality, text_only)] = encoder

@@ -220,6 +220,17 @@ def test_classify_and_status(setup: Setup, api: Library) -> None:
     assert status["models"] == api.models and status["failed"] == []
 
 
+def test_status_shows_the_precision_of_the_vectors(setup: Setup) -> None:
+    # The tiny golden towers were indexed at the default, auto: towers this small stay exact (fp32).
+    result = runner.invoke(app, ["status", "--index", str(setup.index), "--json"])
+    assert result.exit_code == 0, result.output
+    groups = json.loads(result.stdout)["vectors"]
+    assert groups and all(group["precisions"] == {"fp32": group["vectors"]} for group in groups)
+    result = runner.invoke(app, ["status", "--index", str(setup.index)])
+    assert result.exit_code == 0, result.output
+    assert "precision" in result.output and "fp32" in result.output
+
+
 # ---------------------------------------------------------------------------------------------------- errors
 
 # name: (arguments after the command, which library, exit code, what the message says)
@@ -232,6 +243,10 @@ ERROR_CASES: dict[str, tuple[Callable[[Setup], list[str]], str, int, str]] = {
     "undecodable image": (lambda s: ["search", "--like", str(s.bad["bad.png"])], "index", 1, "cannot decode image"),
     "not media": (lambda s: ["search", "--like", str(s.bad["notes.txt"])], "index", 1, "unknown extension"),
     "no library": (lambda s: ["search", TEXT], "missing", 1, "no library at"),
+    "precision the CPU cannot run": (
+        lambda s: ["search", TEXT, "--device", "cpu", "--precision", "fp16"], "index", 1,
+        "precision 'fp16' is not available on cpu",
+    ),
     "empty library": (lambda s: ["search", TEXT], "empty", 1, "is empty"),
     "empty query": (lambda s: ["search"], "index", 1, "empty query"),
     "part without weight": (lambda s: ["search", "--part", "rain"], "index", 2, "expected NAME=VALUE"),

@@ -462,7 +462,13 @@ def test_counts_and_failed_files_for_status(db: Database) -> None:
     }
     assert counts["items"] == 3 and counts["segments"] == 1
     assert counts["vectors"] == [
-        {"model_id": model, "model": "LanguageBind/LanguageBind_Image", "modality": "image", "vectors": 1}
+        {
+            "model_id": model,
+            "model": "LanguageBind/LanguageBind_Image",
+            "modality": "image",
+            "vectors": 1,
+            "precisions": {"fp32": 1},
+        }
     ]
     assert [(record.path, record.error) for record in db.failed_files()] == [
         ("/lib/bad.jpg", "cannot identify image file")
@@ -572,11 +578,11 @@ def test_migrations_run_in_order_from_the_version_found(
         ran.append("fill")
         connection.execute(text("UPDATE files SET note = 'x'"))
 
-    monkeypatch.setattr(schema, "MIGRATIONS", (add_note, fill_note))
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, add_note, fill_note))
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", SCHEMA_VERSION + 2)
     with Database.open(database_url) as database, database.engine.connect() as connection:
-        assert ran == ["note", "fill"]  # version 1 -> 2 -> 3
-        assert schema_version(connection) == 3
+        assert ran == ["note", "fill"]  # version N -> N + 1 -> N + 2
+        assert schema_version(connection) == SCHEMA_VERSION + 2
     with Database.open(database_url):
         assert ran == ["note", "fill"]  # nothing left to run
 

@@ -248,10 +248,11 @@ def test_saved_checkpoints_round_trip(tiny_checkpoints: Path, tmp_path: Path, na
     assert again.logit_scale == encoder.logit_scale
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_on_cpu_stays_close(tiny_checkpoints: Path, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduced_precision_on_cpu_stays_close(tiny_checkpoints: Path, precision: str) -> None:
     full = load_checkpoint(tiny_checkpoints / "video_ft")
-    encoder = load_checkpoint(tiny_checkpoints / "video_ft", dtype=dtype)
+    encoder = load_checkpoint(tiny_checkpoints / "video_ft", precision=precision)
+    assert encoder.precision == precision
     pixels = random_pixels(full.config)
     out = encoder.encode(pixels)
     assert out.dtype == torch.float32

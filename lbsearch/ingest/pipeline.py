@@ -34,6 +34,7 @@ from lbsearch.errors import ConfigError, StorageError
 from lbsearch.ingest import scan
 from lbsearch.ingest.decode import DecodedPart, DecodeTask, ModelInput, WindowSpec, decode, follow_up_tasks
 from lbsearch.models import Encoder
+from lbsearch.models.autotune import HEAVY_ENCODER_PARAMETERS
 from lbsearch.paths import shown
 from lbsearch.preprocess import PreprocessSettings
 from lbsearch.storage.database import Database
@@ -41,14 +42,16 @@ from lbsearch.storage.records import FileVectors, MediaInfo, NewVector
 
 # How often a decode worker checks that the process that started it is still alive.
 ORPHAN_CHECK_SECONDS = 0.5
-# A modality tower this big (a ViT-B has ~88M parameters, a ViT-L ~300M) takes far longer per input on a CPU
-# than decoding does: it gets every core even while the workers decode.
-HEAVY_ENCODER_PARAMETERS = 20_000_000
 # Small files go to a worker in groups: each call costs ~1 ms of pickling, pipe traffic and thread wake-ups here,
 # as much as decoding a small PNG. Groups of up to 8 cut the toy benchmark's CPU time by 7% and its wall time by
 # 5%; a file of a megabyte or more (a photo, a real video) is worth a call of its own.
 GROUP_TASKS = 8
 GROUP_BYTES = 1 << 20
+# When encoding is the slow stage, the decode workers run at this lower priority, so that the scheduler gives them
+# the cycles the encoder leaves idle (between batches, in its serial parts) rather than a share of its cores: a
+# parallel region of the encoder waits for its slowest thread, so a core taken by a worker stalls the whole batch.
+# (Not yet measured against equal priority: see docs/benchmarks.md.)
+WORKER_NICENESS = 10
 
 
 @dataclass(frozen=True)
@@ -287,11 +290,17 @@ class Ingestor:
                 batch, queue[:] = queue[: self.options.batch_size], queue[self.options.batch_size :]
                 if torch.get_num_threads() != wanted:
                     torch.set_num_threads(wanted)
-                embeddings = self.encoders[modality].encode(torch.stack([item.tensor for _, item in batch]))
+                encoder = self.encoders[modality]
+                embeddings = encoder.encode(torch.stack([item.tensor for _, item in batch]))
                 for (owner, item), embedding in zip(batch, embeddings.numpy(), strict=True):
                     owner.vectors.append(
                         NewVector(
-                            self.model_ids[modality], modality, embedding.astype(np.float32), item.start, item.end
+                            self.model_ids[modality],
+                            modality,
+                            embedding.astype(np.float32),
+                            item.start,
+                            item.end,
+                            encoder.precision,
                         )
                     )
                     owner.inputs_left -= 1
@@ -358,11 +367,13 @@ class Ingestor:
         """
         if self.options.encode_threads is not None:
             return self.options.encode_threads
-        tower = encoder.vision
-        heavy = tower is not None and sum(p.numel() for p in tower.parameters()) >= HEAVY_ENCODER_PARAMETERS
-        if self.options.workers == 0 or (heavy and encoder.device.type == "cpu"):
+        if self.options.workers == 0 or _heavy_on_cpu(encoder):
             return all_threads
         return max(1, available_cores() - self.options.workers)
+
+    def _encoder_bound(self) -> bool:
+        """Whether encoding is the slow stage: some tower is heavy and runs on the CPU, beside the workers."""
+        return any(_heavy_on_cpu(encoder) for encoder in self.encoders.values())
 
     def _start_workers(self) -> cf.ProcessPoolExecutor | None:
         """The decode worker processes, started (None with ``workers=0``: decode in this process)."""
@@ -375,7 +386,7 @@ class Ingestor:
             self.options.workers,
             mp_context=multiprocessing.get_context(method),
             initializer=_worker_init,
-            initargs=(os.getpid(),),
+            initargs=(os.getpid(), WORKER_NICENESS if self._encoder_bound() else 0),
         )
         pool.submit(int)  # a pool forks its workers at its first call
         return pool
@@ -459,9 +470,16 @@ def _decode_group(tasks: list[DecodeTask]) -> list[DecodedPart]:
     return [decode(task) for task in tasks]
 
 
-def _worker_init(parent_pid: int) -> None:
+def _heavy_on_cpu(encoder: Encoder) -> bool:
+    """A tower of `HEAVY_ENCODER_PARAMETERS` or more takes far longer per input on a CPU than decoding does."""
+    return encoder.device.type == "cpu" and encoder.vision_parameters >= HEAVY_ENCODER_PARAMETERS
+
+
+def _worker_init(parent_pid: int, niceness: int) -> None:
     # Decoding workers share the CPU with the encoder: one thread each keeps them from oversubscribing it.
     torch.set_num_threads(1)
+    if niceness:
+        os.nice(niceness)
     # Ctrl-C is handled by the main process, which drains the work already decoded.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A worker waits on its task queue forever, so one whose parent was killed (kill -9) would linger: leave then.

@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from lbsearch.errors import LbsearchError
+from lbsearch.models import autotune
 from lbsearch.models.config import ModelConfig
+from lbsearch.models.precision import AUTO, FP32, apply_to_tower
 from lbsearch.models.tokenizer import tokenize
 from lbsearch.models.towers import TextTower, VisionTower
 
@@ -25,6 +27,9 @@ class Encoder:
     Embeddings come out L2-normalised, float32, on the CPU. The temperature ``exp(logit_scale)`` is kept apart
     (``temperature``) and never folded into vectors, so stored vectors stay plain cosines. A tower may be left
     out (``None``) when only the other one is needed, e.g. the language tower for text queries.
+
+    ``precision`` (`lbsearch.models.precision`) is the one the modality tower runs at; ``auto`` is settled by the
+    first `encode` call, whose batch calibrates the choice.
     """
 
     def __init__(
@@ -36,6 +41,7 @@ class Encoder:
         source: str = "",
         weights_hash: str = "",
         text_hash: str = "",
+        precision: str = FP32,
     ):
         self.config = config
         self.modality = config.modality
@@ -45,6 +51,9 @@ class Encoder:
         self.source = source
         self.weights_hash = weights_hash
         self.text_hash = text_hash
+        self.precision = precision
+        # Counted at fp32: int8 layers hide their weights from `parameters()`.
+        self.vision_parameters = autotune.parameter_count(vision) if vision is not None else 0
 
     @cached_property
     def preprocessor(self) -> Preprocessor:
@@ -87,6 +96,9 @@ class Encoder:
         """``[B, ...]`` preprocessed inputs -> ``[B, D]`` L2-normalised embeddings."""
         if self.vision is None:
             raise LbsearchError(f"{self.source}: loaded without its {self.modality} tower")
+        if self.precision == AUTO:
+            self.precision = autotune.resolve(self.config, self.vision, batch)
+            apply_to_tower(self.vision, self.precision)
         return self._run(self.vision, batch, batch_size)
 
     def encode_text(self, texts: str | Sequence[str], batch_size: int | None = None) -> torch.Tensor:
@@ -99,7 +111,7 @@ class Encoder:
         if inputs.shape[0] == 0:
             return torch.empty(0, self.dim)
         step = batch_size or inputs.shape[0]
-        device, dtype = self.device, self.dtype
+        device, dtype = self.device, next(tower.parameters()).dtype
         outputs = []
         with torch.inference_mode():
             for chunk in inputs.split(step):

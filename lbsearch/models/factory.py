@@ -13,8 +13,10 @@ import torch
 
 from lbsearch.errors import CheckpointError
 from lbsearch.models import checkpoint
+from lbsearch.models import precision as precisions
 from lbsearch.models.config import ModelConfig
 from lbsearch.models.encoder import Encoder
+from lbsearch.models.precision import FP32
 from lbsearch.models.towers import TextTower, VisionTower
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ def build_encoder(
 def load_checkpoint(
     name_or_path: str | os.PathLike,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    precision: str = FP32,
     *,
     revision: str | None = None,
     cache_dir: str | None = None,
@@ -45,7 +47,10 @@ def load_checkpoint(
     unexpected or mis-shaped key raises `CheckpointError` listing them. Pass ``text_tower`` (an encoder loaded
     before) to share its language tower when the two checkpoints carry the same one. ``towers`` picks which
     towers to build: ``("text",)`` serves text queries without holding the modality tower in memory.
+    ``precision`` (`lbsearch.models.precision`): fp32 (exact), bf16, int8 on CPUs, fp16, bf16 on CUDA, or auto:
+    the fastest that agrees with fp32, settled by the first batch encoded.
     """
+    precisions.check(precision, device)
     files = checkpoint.resolve(name_or_path, revision=revision, cache_dir=cache_dir)
     config = ModelConfig.from_file(files.folder / "config.json")
     raw = checkpoint.read_state_dict(files.folder)
@@ -67,7 +72,12 @@ def load_checkpoint(
     text_hash = checkpoint.fingerprint(text_state)
     if "text" not in towers:
         text = None
-    elif text_tower is not None and text_tower.text is not None and text_tower.text_hash == text_hash:
+    elif (
+        text_tower is not None
+        and text_tower.text is not None
+        and text_tower.text_hash == text_hash
+        and next(text_tower.text.parameters()).dtype == precisions.text_dtype(precision, device)
+    ):
         text = text_tower.text
     else:
         if text_tower is not None:
@@ -84,14 +94,19 @@ def load_checkpoint(
         source=files.source,
         weights_hash=checkpoint.fingerprint(vision_state),
         text_hash=text_hash,
-    )
-    return encoder.to(device, dtype)
+        precision=precision,
+    ).to(device)
+    if text is not None:
+        text.to(dtype=precisions.text_dtype(precision, device))
+    if vision is not None and precision != precisions.AUTO:
+        precisions.apply_to_tower(vision, precision)
+    return encoder
 
 
 def load_model_set(
     checkpoints: Mapping[str, str | os.PathLike],
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    precision: str = FP32,
     *,
     cache_dir: str | None = None,
 ) -> dict[str, Encoder]:
@@ -99,7 +114,7 @@ def load_model_set(
     encoders: dict[str, Encoder] = {}
     for modality, name in checkpoints.items():
         first = next(iter(encoders.values()), None)
-        encoder = load_checkpoint(name, device, dtype, cache_dir=cache_dir, text_tower=first)
+        encoder = load_checkpoint(name, device, precision, cache_dir=cache_dir, text_tower=first)
         if encoder.modality != modality:
             raise CheckpointError(f"{name}: is a {encoder.modality} checkpoint, but was given for {modality}")
         encoders[modality] = encoder

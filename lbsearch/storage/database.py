@@ -83,6 +83,8 @@ SQLITE_FILE_NAME = "metadata.sqlite"
 # What a caller says about a file it records (besides its item key).
 _FILE_FACTS = ("path", "root", "size", "mtime_ns", "content_hash", "modality")
 FILE_STATUSES = ("pending", "ok", "error")
+# How `counts` names the precision of vectors stored before lbsearch recorded it.
+UNRECORDED = "unrecorded"
 # Any fixed number: the key of the PostgreSQL advisory lock that serialises lbsearch writers.
 _PG_WRITER_LOCK = 0x6C627372
 
@@ -615,21 +617,31 @@ class Database:
             )
 
     def counts(self) -> dict[str, Any]:
-        """JSON-ready counts: files per modality and status, items, segments, vectors per model and modality."""
+        """JSON-ready counts: files per modality and status, items, segments, vectors per model and modality (and
+        per precision: ``{"int8": 120, ...}``, "unrecorded" for vectors stored before precisions were recorded)."""
         with self.session() as session:
             files: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(FILE_STATUSES, 0))
             for modality, status, count in session.execute(
                 select(File.modality, File.status, func.count()).group_by(File.modality, File.status)
             ):
                 files[modality][status] = count
+            groups: dict[tuple[int, str, str], dict[str | None, int]] = defaultdict(dict)
+            for model_id, name, modality, precision, count in session.execute(
+                select(Model.id, Model.name, Vector.modality, Vector.precision, func.count())
+                .join(Model, Vector.model_id == Model.id)
+                .group_by(Model.id, Model.name, Vector.modality, Vector.precision)
+                .order_by(Model.id, Vector.modality)
+            ):
+                groups[model_id, name, modality][precision or UNRECORDED] = count
             vectors = [
-                {"model_id": model_id, "model": name, "modality": modality, "vectors": count}
-                for model_id, name, modality, count in session.execute(
-                    select(Model.id, Model.name, Vector.modality, func.count())
-                    .join(Model, Vector.model_id == Model.id)
-                    .group_by(Model.id, Model.name, Vector.modality)
-                    .order_by(Model.id, Vector.modality)
-                )
+                {
+                    "model_id": model_id,
+                    "model": name,
+                    "modality": modality,
+                    "vectors": sum(by_precision.values()),
+                    "precisions": by_precision,
+                }
+                for (model_id, name, modality), by_precision in groups.items()
             ]
             return {
                 "files": dict(sorted(files.items())),
@@ -782,6 +794,7 @@ def _store_chunk(session: Session, chunk: Sequence[FileVectors], dims: Mapping[i
             "model_id": vector.model_id,
             "modality": vector.modality,
             "embedding": _checked_bytes(vector, dims, paths[done.file_id]),
+            "precision": vector.precision,
         }
         for done in chunk
         for vector in done.vectors

@@ -57,13 +57,15 @@ class MediaInfo:
 
 @dataclass(frozen=True)
 class NewVector:
-    """One embedding to store for a file: which model and modality made it, and which span of the file."""
+    """One embedding to store for a file: which model and modality made it, at which precision, and which span
+    of the file."""
 
     model_id: int
     modality: str
     embedding: np.ndarray
     start: float | None = None
     end: float | None = None
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from sqlalchemy import (
     inspect,
     literal,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -131,6 +132,8 @@ class Vector(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
     modality: Mapped[str] = mapped_column(String(16))
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    # The precision the encoder ran at (fp32, bf16, fp16, int8); NULL for vectors stored before it was recorded.
+    precision: Mapped[str | None] = mapped_column(String(8))
 
 
 class VectorDeletion(Base):
@@ -189,7 +192,13 @@ def _escape_backslashes_in_paths(connection: Connection) -> None:
         connection.execute(update(column.table).where(escaped != column).values({column: escaped}))
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_escape_backslashes_in_paths,)
+def _vector_precision(connection: Connection) -> None:
+    """Version 3: each vector records the precision its encoder ran at. Older vectors keep NULL (unrecorded)."""
+    if "precision" not in {column["name"] for column in inspect(connection).get_columns("vectors")}:
+        connection.execute(text('ALTER TABLE vectors ADD COLUMN "precision" VARCHAR(8)'))
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_escape_backslashes_in_paths, _vector_precision)
 SCHEMA_VERSION = len(MIGRATIONS) + 1
 
 
