@@ -59,3 +59,8 @@ class MetricsError(LbsearchError):
 
 class DatasetError(LbsearchError):
     """A benchmark folder that does not hold the layout its adapter reads."""
+
+
+class ClusterError(LbsearchError):
+    """A Ray cluster that cannot run an ingest: Ray not installed, an address it cannot join, a node that cannot
+    see a root."""

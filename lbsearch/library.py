@@ -23,7 +23,7 @@ from lbsearch.errors import ConfigError
 from lbsearch.ingest.pipeline import IngestOptions, Ingestor, IngestProgress, IngestReport
 from lbsearch.ingest.scan import ScanRoot
 from lbsearch.modalities import check_all, lookup
-from lbsearch.models import Encoder, load_checkpoint
+from lbsearch.models import Encoder, default_dtype, load_checkpoint
 from lbsearch.models.registry import MODEL_SETS, model_set
 from lbsearch.search import engine
 from lbsearch.search.engine import Filters, Hit, QueryPart
@@ -48,7 +48,7 @@ class Library:
         self.folder = folder
         self.db = db
         self.device = device or default_device()
-        self.dtype = dtype or (torch.float16 if self.device == "cuda" else torch.float32)
+        self.dtype = dtype or default_dtype(self.device)
         self.store = IndexStore(db, folder, recall_queries=self._recall_queries)
         self._encoders: dict[tuple[str, bool], Encoder] = {}
 
@@ -165,19 +165,50 @@ class Library:
         as_modality: str | None = None,
         options: IngestOptions | None = None,
         progress: Callable[[IngestProgress], None] | None = None,
+        ray: str | None = None,
     ) -> IngestReport:
         """Index folders (recursively): new and changed files are embedded, moved ones recognised, deleted ones
-        dropped. ``as_modality`` ("depth", "thermal", "image") says what the images under these folders are."""
+        dropped. ``as_modality`` ("depth", "thermal", "image") says what the images under these folders are.
+
+        ``ray`` decodes and encodes on a Ray cluster instead of this machine's processes: "local" (start Ray
+        here), "auto" (the cluster this machine is part of) or "ray://HOST:PORT". Planning and commits stay here.
+        """
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         roots = [ScanRoot(Path(p).expanduser(), as_modality) for p in paths]
         if not self.models:
             raise ConfigError("no model set chosen: pass --models NAME or --model MODALITY=CHECKPOINT")
-        encoders = {m: self.encoder(m) for m in self.models}
-        model_ids = {m: self.model_id(m) for m in self.models}
-        report = Ingestor(self.db, encoders, model_ids, options or IngestOptions(), progress).run(roots)
+        if ray is None:
+            encoders = {m: self.encoder(m) for m in self.models}
+            model_ids = {m: self.model_id(m) for m in self.models}
+            report = Ingestor(self.db, encoders, model_ids, options or IngestOptions(), progress).run(roots)
+        else:
+            report = self._add_over_ray(roots, ray, options, progress)
         self.store.sync_all()
         return report
+
+    def _add_over_ray(
+        self,
+        roots: list[ScanRoot],
+        address: str,
+        options: IngestOptions | None,
+        progress: Callable[[IngestProgress], None] | None,
+    ) -> IngestReport:
+        # Imported here: without --ray, Ray is never imported.
+        from lbsearch.ingest import cluster
+
+        connected = cluster.connect(address)
+        try:
+            # The driver plans and commits only: the actors load the modality towers.
+            encoders = {m: self.encoder(m, text_only=True) for m in self.models}
+            model_ids = {m: self.model_id(m) for m in self.models}
+            # A precision chosen for this library holds on the cluster too; else each actor takes its device's.
+            dtype = None if self.dtype == default_dtype(self.device) else self.dtype
+            ingestor = cluster.RayIngestor(self.db, encoders, model_ids, options, progress, dtype=dtype)
+            return ingestor.run(roots)
+        finally:
+            if connected:
+                cluster.disconnect()
 
     def remove(self, paths: Iterable[str | os.PathLike]) -> int:
         """Forget files (or every file under folders); returns how many. Files on disk are not touched."""

@@ -2,7 +2,7 @@
 
 from lbsearch.models.config import MODALITIES, ModelConfig, TextConfig, VisionConfig
 from lbsearch.models.encoder import Encoder
-from lbsearch.models.factory import build_encoder, load_checkpoint, load_model_set, save_checkpoint
+from lbsearch.models.factory import build_encoder, default_dtype, load_checkpoint, load_model_set, save_checkpoint
 from lbsearch.preprocess import preprocessor_for
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "TextConfig",
     "VisionConfig",
     "build_encoder",
+    "default_dtype",
     "load_checkpoint",
     "load_model_set",
     "preprocessor_for",

@@ -20,6 +20,11 @@ from lbsearch.models.towers import TextTower, VisionTower
 log = logging.getLogger(__name__)
 
 
+def default_dtype(device: str) -> torch.dtype:
+    """The precision encoders run in on a device when none is chosen: half on a GPU, single on a CPU."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
 def build_encoder(
     config: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> Encoder:
