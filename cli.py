@@ -121,6 +121,14 @@ def index(
     batch_size: Annotated[int, typer.Option(help="Inputs per encoder call.")] = 16,
     hidden: Annotated[bool, typer.Option("--hidden", help="Also index hidden files and folders.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try files that failed before again.")] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Decode and encode on a Ray cluster: local (start Ray here), auto (this machine's cluster) or "
+            "ray://HOST:PORT. Needs the extra: pip install -e '.[ray]'.",
+        ),
+    ] = None,
     index_dir: IndexOption = None,
     db: DbOption = None,
     device: DeviceOption = None,
@@ -132,6 +140,7 @@ def index(
     Examples:
       lbsearch index ~/Videos ~/Music --models demo
       lbsearch index ~/scans --as depth --model depth=LanguageBind/LanguageBind_Depth
+      lbsearch index /shared/media --models languagebind --ray auto
     """
     from tqdm import tqdm
 
@@ -163,7 +172,7 @@ def index(
         bar.set_postfix(segments_per_s=f"{progress.segments_per_second:.1f}", errors=progress.errors, refresh=False)
         bar.refresh()
 
-    report = lib.add(paths, as_modality=as_modality, options=options, progress=show)
+    report = lib.add(paths, as_modality=as_modality, options=options, progress=show, ray=ray)
     if bar is not None:
         bar.close()
     summary = {
@@ -175,6 +184,7 @@ def index(
         "interrupted": report.interrupted,
         "errors": report.errors,
         "warnings": report.warnings,
+        **({"cluster": report.cluster} if report.cluster else {}),
     }
     if as_json:
         print_json(summary)
@@ -184,6 +194,12 @@ def index(
             f"[bold]{report.embedded}[/] files embedded ({report.vectors} vectors), {report.failed} failed "
             f"in {report.seconds:.1f} s. Plan: {plan or 'nothing to do'}."
         )
+        if report.cluster:
+            used = report.cluster
+            console.print(
+                f"Ray cluster: {used['nodes']} nodes, {used['cpus']:g} CPUs, {used['gpus']:g} GPUs; "
+                f"{used['encode_actors']} encoder actors on {used['encode_device']}."
+            )
         for path, reason in report.errors.items():
             console.print(f"  [red]failed[/] {path}: {reason}", highlight=False)
         for path, reason in report.warnings.items():

@@ -18,11 +18,14 @@ Ray is an optional dependency: it is imported only here, and only when a run ask
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import pickle
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -48,6 +51,10 @@ from lbsearch.storage.database import Database
 
 ADDRESSES = "local, auto or ray://HOST:PORT"
 MISSING_RAY = 'Ray is not installed: install the extra with `pip install -e ".[ray]"` (or "lbsearch[ray]")'
+# Memory a decode task's worker process holds: Ray Data measured up to 0.95 GiB on the tests' library (torch,
+# PyAV, and a part of a long file: up to 17 clips of 8 frames at 224 px, ~80 MB as float32). Ray starts no more
+# decode tasks on a node than its memory admits.
+DECODE_MEMORY = 1 << 30
 # The folder that holds the lbsearch package: put first on the workers' path, so they run this code even where
 # another copy is installed (a checkout beside a `pip install -e` of another one).
 SOURCE_FOLDER = str(Path(__file__).resolve().parents[2])
@@ -171,47 +178,54 @@ class EncodedPart:
     embedded: list[tuple[ModelInput, np.ndarray]] = field(default_factory=list)
 
 
-def _object_column(values: list) -> np.ndarray:
+def _packed(values: list) -> np.ndarray:
+    """A column of pickled objects. Ray Data stores them as Arrow binary; given the objects themselves, it first
+    tries to convert them to Arrow types and fails (formatting each tensor into its error message) every batch."""
     column = np.empty(len(values), dtype=object)
-    column[:] = values
+    column[:] = [pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL) for value in values]
     return column
+
+
+def _unpacked(column: Iterable[bytes]) -> list:
+    return [pickle.loads(value) for value in column]
 
 
 def decode_files(batch: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
     """Ray Data task: decode a block of files, yielding each part as soon as it is decoded (a long file's
     windows come in parts, so one file never holds more than a part's tensors)."""
-    for task in batch["task"]:
+    for task in _unpacked(batch["task"]):
         first = decode(task)
         more = follow_up_tasks(first)
-        yield {"part": _object_column([first]), "parts": np.array([1 + len(more)])}
+        yield {"part": _packed([first]), "parts": np.array([1 + len(more)])}
         for follow_up in more:
-            yield {"part": _object_column([decode(follow_up)]), "parts": np.array([1 + len(more)])}
+            yield {"part": _packed([decode(follow_up)]), "parts": np.array([1 + len(more)])}
+
+
+def load_encoders(sources: Mapping[str, str], device: str, dtype: torch.dtype) -> dict[str, Encoder]:
+    """The modality towers of a model set (``{modality: checkpoint}``), without their language towers."""
+    return {m: load_checkpoint(source, device, dtype, towers=("vision",)) for m, source in sources.items()}
 
 
 class EncodeActor:
-    """Ray Data actor: loads the encoders of a model set once, then embeds batches of decoded parts."""
+    """Ray Data actor: builds its encoders once (``build()``: `load_encoders` with the run's model set), then
+    embeds batches of decoded parts, ``batch_size`` inputs per encoder call."""
 
-    def __init__(self, sources: Mapping[str, str], device: str, dtype: str, batch_size: int):
-        if device == "cuda":
-            # Ray hands the actor its GPU as the only visible one.
-            device = "cuda:0"
-        self.encoders: dict[str, Encoder] = {
-            m: load_checkpoint(source, device, getattr(torch, dtype), towers=("vision",))
-            for m, source in sources.items()
-        }
+    def __init__(self, build: Callable[[], Mapping[str, Encoder]], batch_size: int):
+        self.encoders = dict(build())
         self.batch_size = batch_size
         # As in the local pipeline: a heavy tower on a CPU gets every core of its node (decoding waits on it
         # anyway); a small one gets one, leaving the others to the decode tasks.
+        on_cpu = all(e.device.type == "cpu" for e in self.encoders.values())
         heavy = any(is_heavy(e) for e in self.encoders.values())
-        torch.set_num_threads(available_cores() if heavy and not device.startswith("cuda") else 1)
+        torch.set_num_threads(available_cores() if heavy and on_cpu else 1)
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        parts = _unpacked(batch["part"])
         encoded = [
-            EncodedPart(replace(part, inputs=[]), int(parts))
-            for part, parts in zip(batch["part"], batch["parts"], strict=True)
+            EncodedPart(replace(part, inputs=[]), int(count)) for part, count in zip(parts, batch["parts"], strict=True)
         ]
         queues: dict[str, list[tuple[EncodedPart, ModelInput]]] = defaultdict(list)
-        for owner, part in zip(encoded, batch["part"], strict=True):
+        for owner, part in zip(encoded, parts, strict=True):
             for item in part.inputs:
                 queues[item.modality].append((owner, item))
         for modality, queue in queues.items():
@@ -220,7 +234,7 @@ class EncodeActor:
                 embeddings = self.encoders[modality].encode(torch.stack([item.tensor for _, item in chunk]))
                 for (owner, item), embedding in zip(chunk, embeddings.numpy(), strict=True):
                     owner.embedded.append((replace(item, tensor=torch.empty(0)), embedding))
-        return {"encoded": _object_column(encoded)}
+        return {"encoded": _packed(encoded)}
 
 
 # -------------------------------------------------------------------------------------------------- driver
@@ -229,7 +243,9 @@ class EncodeActor:
 class RayIngestor(Ingestor):
     """An `Ingestor` whose decoding and encoding run on the Ray cluster this process is connected to (see
     `connect`). ``encoders`` may hold only their language towers: the actors load the modality towers from each
-    encoder's ``source``, in ``dtype`` (None: float16 on GPUs, float32 on CPUs, as `Library` does)."""
+    encoder's ``source``, in ``dtype`` (None: float16 on GPUs, float32 on CPUs, as `Library` does).
+    ``build_encoders(device, dtype)`` builds the actors' encoders another way (the benchmark's in-memory models).
+    """
 
     def __init__(
         self,
@@ -239,9 +255,11 @@ class RayIngestor(Ingestor):
         options: IngestOptions | None = None,
         progress: Callable[[IngestProgress], None] | None = None,
         dtype: torch.dtype | None = None,
+        build_encoders: Callable[[str, torch.dtype], Mapping[str, Encoder]] | None = None,
     ):
         super().__init__(db, encoders, model_ids, options or IngestOptions(), progress)
         self.dtype = dtype
+        self.build_encoders = build_encoders or partial(load_encoders, {m: e.source for m, e in encoders.items()})
         self.shape: ClusterShape | None = None
 
     def run(self, roots: Iterable[str | scan.ScanRoot]) -> IngestReport:
@@ -308,24 +326,32 @@ class RayIngestor(Ingestor):
         if not tasks:
             return
         ray = import_ray()
+        # The run's own progress bar and summary stand for Ray Data's.
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
         shape = self.shape or cluster_shape()
         gpu = shape.encode_device == "cuda"
         # Blocks of a few files, as the local pipeline groups them, and at least two blocks per CPU so that every
         # core decodes until the end of the run.
         blocks = max(1, min(math.ceil(len(tasks) / GROUP_TASKS), len(tasks)), min(len(tasks), 2 * int(shape.cpus)))
-        files = ray.data.from_items([{"task": task} for task in tasks], override_num_blocks=blocks)
-        parts = files.map_batches(decode_files, batch_size=None, num_cpus=1)
+        files = ray.data.from_items([{"task": task} for task in _packed(tasks)], override_num_blocks=blocks)
+        # A memory reservation of their own also keeps Ray Data from fusing the decode tasks into the encoder
+        # actors (it fuses stages whose resources are the same): decoding must run on every CPU, not in the actors.
+        parts = files.map_batches(decode_files, batch_size=None, num_cpus=1, memory=DECODE_MEMORY)
         embedded = parts.map_batches(
             EncodeActor,
             fn_constructor_kwargs={
-                "sources": {m: e.source for m, e in self.encoders.items()},
-                "device": shape.encode_device,
-                "dtype": str(self.dtype or default_dtype(shape.encode_device)).removeprefix("torch."),
+                "build": partial(
+                    self.build_encoders, shape.encode_device, self.dtype or default_dtype(shape.encode_device)
+                ),
                 "batch_size": self.options.batch_size,
             },
             batch_size=self.options.batch_size,
             compute=ray.data.ActorPoolStrategy(size=shape.encode_actors),
-            **({"num_gpus": 1} if gpu else {"num_cpus": 1}),
+            # A CPU actor claims no core, as the local pipeline's encoder runs beside as many decode processes as
+            # there are cores: the decode tasks get every CPU. Claiming one also deadlocked a run that lost a
+            # node: both actors restarted on the other node's two CPUs, and the decode tasks left had none.
+            **({"num_gpus": 1} if gpu else {"num_cpus": 0}),
         )
-        for row in embedded.iter_rows():
-            yield row["encoded"]
+        for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
+            yield from _unpacked(batch["encoded"])
