@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lbsearch.errors import ConfigError, LbsearchError
@@ -30,7 +31,7 @@ class Commands(typer.core.TyperGroup):
         try:
             return super().invoke(ctx)
         except LbsearchError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
 
@@ -70,7 +71,7 @@ DeviceOption = Annotated[str | None, typer.Option("--device", help="cpu or cuda 
 
 def fail(error: Exception | str, code: int = 1) -> None:
     """Print a one-line error (never a traceback) and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
