@@ -7,6 +7,7 @@ this machine only); the fault test adds a second node and kills it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from ray.cluster_utils import Cluster
 from typer.testing import CliRunner
 
 from cli import app
+from lbsearch.errors import ClusterError
 from lbsearch.ingest import cluster
 from lbsearch.ingest.decode import WINDOWS_PER_PART, WindowSpec
 from lbsearch.ingest.pipeline import IngestOptions
@@ -119,6 +121,17 @@ def test_a_node_killed_mid_run_leaves_every_file_indexed_once(
         assert_same_library(library, local_result)
     verify = CliRunner().invoke(app, ["verify", "--index", str(index)])
     assert verify.exit_code == 0, verify.output
+
+
+def test_a_root_a_node_does_not_see_as_the_driver_does_stops_the_run_before_it_starts(ray_cluster):
+    # Paths under /proc/self differ from process to process: the driver's and a Ray worker's views disagree as a
+    # node's would without the shared filesystem.
+    own_thread = f"/proc/self/task/{os.getpid()}"
+    with pytest.raises(ClusterError, match=rf"^node \S+ \(\w+\) cannot see it: {own_thread}; every root must be"):
+        cluster.check_roots_visible([own_thread])
+    with pytest.raises(ClusterError, match=r"^node \S+ \(\w+\) sees other files there: /proc/self/fd;"):
+        cluster.check_roots_visible(["/proc/self/fd"])
+    cluster.check_roots_visible([str(Path(__file__).parent)])
 
 
 def test_ray_option_without_ray_installed_is_a_one_line_error(tmp_path, models, monkeypatch):
