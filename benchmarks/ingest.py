@@ -335,7 +335,7 @@ def engine_run(
     with PeakMemory() as memory:
         started = time.perf_counter()
         if engine == "local":
-            encoders = build()
+            encoders = build("cpu", torch.float32)
         else:
             # The driver plans and commits only: the configs say the preprocessing, the actors build the towers.
             encoders = {m: Encoder(c, None, None, 0.0, source="random") for m, c in configs.items()}
@@ -392,13 +392,18 @@ def run_engines(
         "local": files / float(np.median(times["local"])),
         "ray": files / float(np.median(times["ray"])),
         "difference": difference,
-        "memory": float(np.median(memory["ray"])),
+        "memory": {engine: float(np.median(growths)) for engine, growths in memory.items()},
     }
     if memory_root is not None:
-        measure, db, growth = engine_run("ray", build, configs, memory_root, work_dir / f"{name}-ray-memory", options)
-        db.close()
-        row["memory_scaled"] = (measure.files, float(growth))
-        log(f"{name}, ray on {measure.files} files: {measure.seconds:.1f} s, driver +{growth / 2**20:.0f} MiB")
+        row["memory_scaled"] = {}
+        for engine in ("local", "ray"):
+            measure, db, growth = engine_run(
+                engine, build, configs, memory_root, work_dir / f"{name}-{engine}-memory", options
+            )
+            db.close()
+            row["memory_scaled"][engine] = float(growth)
+            row["files_scaled"] = measure.files
+            log(f"{name}, {engine} on {measure.files} files: {measure.seconds:.1f} s, +{growth / 2**20:.0f} MiB")
     return row
 
 
@@ -409,14 +414,14 @@ def print_engine_table(rows: list[dict], ray_seconds: float, resources: dict) ->
     )
     print(
         "| model | files (inputs) | local files/s | Ray files/s | Ray / local | Ray overhead | max diff local vs Ray "
-        "| driver memory growth, Ray (files) |"
+        "| driver memory growth, local / Ray (files) |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
-        memory = f"{row['memory'] / 2**20:.0f} MiB ({row['files']})"
+        memory = f"{row['memory']['local'] / 2**20:.0f} / {row['memory']['ray'] / 2**20:.0f} MiB ({row['files']})"
         if "memory_scaled" in row:
-            scaled_files, scaled = row["memory_scaled"]
-            memory += f"; {scaled / 2**20:.0f} MiB ({scaled_files})"
+            scaled = row["memory_scaled"]
+            memory += f"; {scaled['local'] / 2**20:.0f} / {scaled['ray'] / 2**20:.0f} MiB ({row['files_scaled']})"
         print(
             f"| {row['model']} | {row['files']} ({row['inputs']}) | {row['local']:.2f} | {row['ray']:.2f} "
             f"| {row['ray'] / row['local']:.2f}x | {row['local'] / row['ray'] - 1:+.0%} | {row['difference']:.1e} "
