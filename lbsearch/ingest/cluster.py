@@ -144,8 +144,13 @@ def check_roots_visible(roots: Iterable[str]) -> None:
         for node in ray.nodes()
         if node["Alive"]
     }
+    gone = (ray.exceptions.TaskUnschedulableError, ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError)
     for (address, node_id), call in calls.items():
-        for root, listing in ray.get(call).items():
+        try:
+            listings = ray.get(call)
+        except gone:
+            continue  # a node that died since it was listed runs no work either
+        for root, listing in listings.items():
             if listing != expected[root]:
                 seen = "cannot see it" if listing is None else "sees other files there"
                 raise ClusterError(
