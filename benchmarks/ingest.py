@@ -21,11 +21,20 @@ each of ``--threads`` torch thread counts and the best counts. "CPU bound" is wh
 the CPU seconds of decode only plus encode only (at the fewest threads) shared evenly by every core; when the
 stages share the cores, no schedule beats it, and the pipeline's fraction of it shows what overlap it gets.
 Other work on the machine skews every number (the output gives the load average). Prints a Markdown table.
+
+``--engine ray`` instead puts the local pipeline and the same run over Ray (`lbsearch.ingest.cluster`, on a Ray
+instance started here with every core) side by side, in interleaved rounds: each end to end as `lbsearch index`
+runs it once its process is up, loading (or building) the encoders included: the local pipeline in this process,
+Ray in its encoder actors. It gives both rates, their ratio, the largest difference between the two libraries'
+vectors, and the driver's memory: the peak growth of this process's resident memory during a Ray run, on the
+library and on one ``--memory-scale`` times larger (tiny model only).
+
 Run from the repository root:
 
     python3 -m benchmarks.ingest                             # tiny on 200 files, large on 25 files
     python3 -m benchmarks.ingest --sizes tiny --files 400 --repeats 5
     python3 -m benchmarks.ingest --sizes large --precisions fp32 auto   # + the pipeline at the auto precision
+    python3 -m benchmarks.ingest --engine ray                # local pipeline vs Ray, tiny and large
 
 With ``--precisions``, every measurement runs at each precision (the encoders converted as `--precision` does);
 the closing lines compare each pipeline with the official loop at fp32 (the first row of its size).
@@ -40,17 +49,20 @@ import os
 import platform
 import resource
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from benchmarks.encode import large_config
-from lbsearch.ingest import scan
+from lbsearch.ingest import cluster, scan
+from lbsearch.ingest.cluster import RayIngestor, load_encoders
 from lbsearch.ingest.decode import DecodedPart, DecodeTask, ModelInput, WindowSpec, follow_up_tasks
 from lbsearch.ingest.pipeline import IngestOptions, Ingestor, available_cores
 from lbsearch.modalities import MODALITIES
@@ -282,6 +294,200 @@ def run_size(
     }
 
 
+# ---------------------------------------------------------------------------------------- --engine ray
+
+
+def seeded_large_encoders(device: str = "cpu", precision: str = FP32, layers: int = 24) -> dict[str, Encoder]:
+    """`large_encoders` with the same random weights wherever they are built (this process, a Ray actor)."""
+    torch.manual_seed(0)
+    return {m: e.to(device) for m, e in at_precision(large_encoders(layers), precision).items()}
+
+
+def tiny_loader(folder: Path) -> Callable[..., dict[str, Encoder]]:
+    return partial(load_encoders, {m: str(folder / m) for m in MODALITIES})
+
+
+def stored_vectors(db: Database) -> dict[tuple, np.ndarray]:
+    """Every stored vector by (path, modality, start, end)."""
+    table = {}
+    records = db.files("ok")
+    for model_id, modality in db.vector_groups():
+        for record in records:
+            for vector in db.file_vectors(record.id, model_id, modality):
+                table[record.path, modality, vector.start, vector.end] = vector.embedding
+    return table
+
+
+class PeakMemory:
+    """The largest growth of this process's resident memory while the block runs (sampled every 20 ms)."""
+
+    def __init__(self) -> None:
+        self.growth = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def resident() -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _watch(self, baseline: int) -> None:
+        while not self._stop.wait(0.02):
+            self.growth = max(self.growth, self.resident() - baseline)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread = threading.Thread(target=self._watch, args=(self.resident(),), daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def engine_run(
+    engine: str,
+    build: Callable[..., dict[str, Encoder]],
+    configs: dict[str, ModelConfig],
+    root: Path,
+    folder: Path,
+    options: IngestOptions,
+) -> tuple[Measure, Database, int]:
+    """One end-to-end run into a fresh index folder: (measure, database, driver memory growth in bytes)."""
+    db = Database.open(folder)
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        if engine == "local":
+            encoders = build("cpu", FP32)
+        else:
+            # The driver plans and commits only: the configs say the preprocessing, the actors build the towers.
+            encoders = {m: Encoder(c, None, None, 0.0, source="random") for m, c in configs.items()}
+        model_ids = {m: db.register_model(f"bench-{m}", m, "random", e.dim) for m, e in encoders.items()}
+        if engine == "local":
+            report = Ingestor(db, encoders, model_ids, options).run([root])
+        else:
+            report = RayIngestor(db, encoders, model_ids, options, precision=FP32, build_encoders=build).run([root])
+        del encoders
+        IndexStore(db, folder).sync_all()
+        seconds = time.perf_counter() - started
+    if report.failed:
+        raise RuntimeError(f"the {engine} run failed on {report.errors}")
+    return Measure(seconds, report.embedded, report.vectors), db, memory.growth
+
+
+def run_engines(
+    name: str,
+    build: Callable[..., dict[str, Encoder]],
+    configs: dict[str, ModelConfig],
+    root: Path,
+    work_dir: Path,
+    options: IngestOptions,
+    repeats: int,
+    memory_root: Path | None,
+    log: Callable[[str], None],
+) -> dict:
+    """The local pipeline and Ray, ``repeats`` interleaved rounds each: medians, and the vectors compared."""
+    times: dict[str, list[float]] = defaultdict(list)
+    memory: dict[str, list[int]] = defaultdict(list)
+    difference = 0.0
+    files = inputs = 0
+    for round_ in range(repeats):
+        tables = {}
+        for engine in ("local", "ray"):
+            measure, db, growth = engine_run(
+                engine, build, configs, root, work_dir / f"{name}-{engine}-{round_}", options
+            )
+            times[engine].append(measure.seconds)
+            memory[engine].append(growth)
+            files, inputs = measure.files, measure.inputs
+            if round_ == 0:
+                tables[engine] = stored_vectors(db)
+            db.close()
+        if round_ == 0:
+            if tables["local"].keys() != tables["ray"].keys():
+                raise RuntimeError("the local pipeline and Ray stored different vectors")
+            difference = max(float(np.abs(tables["local"][k] - tables["ray"][k]).max()) for k in tables["local"])
+        log(f"{name}, round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()))
+    row = {
+        "model": name,
+        "files": files,
+        "inputs": inputs,
+        "local": files / float(np.median(times["local"])),
+        "ray": files / float(np.median(times["ray"])),
+        "difference": difference,
+        "memory": {engine: float(np.median(growths)) for engine, growths in memory.items()},
+    }
+    if memory_root is not None:
+        row["memory_scaled"] = {}
+        for engine in ("local", "ray"):
+            measure, db, growth = engine_run(
+                engine, build, configs, memory_root, work_dir / f"{name}-{engine}-memory", options
+            )
+            db.close()
+            row["memory_scaled"][engine] = float(growth)
+            row["files_scaled"] = measure.files
+            log(f"{name}, {engine} on {measure.files} files: {measure.seconds:.1f} s, +{growth / 2**20:.0f} MiB")
+    return row
+
+
+def print_engine_table(rows: list[dict], ray_seconds: float, resources: dict) -> None:
+    print(
+        f"Ray: a local instance ({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs) started in "
+        f"{ray_seconds:.1f} s before the rounds (not counted).\n"
+    )
+    print(
+        "| model | files (inputs) | local files/s | Ray files/s | Ray / local | Ray overhead | max diff local vs Ray "
+        "| driver memory growth, local / Ray (files) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        memory = f"{row['memory']['local'] / 2**20:.0f} / {row['memory']['ray'] / 2**20:.0f} MiB ({row['files']})"
+        if "memory_scaled" in row:
+            scaled = row["memory_scaled"]
+            memory += f"; {scaled['local'] / 2**20:.0f} / {scaled['ray'] / 2**20:.0f} MiB ({row['files_scaled']})"
+        print(
+            f"| {row['model']} | {row['files']} ({row['inputs']}) | {row['local']:.2f} | {row['ray']:.2f} "
+            f"| {row['ray'] / row['local']:.2f}x | {row['local'] / row['ray'] - 1:+.0%} | {row['difference']:.1e} "
+            f"| {memory} |"
+        )
+
+
+def compare_engines(
+    args: argparse.Namespace, options: IngestOptions, work_dir: Path, log: Callable[[str], None]
+) -> None:
+    ray = cluster.import_ray()
+    started = time.perf_counter()
+    ray.init(num_cpus=available_cores(), runtime_env=cluster.worker_runtime_env(), include_dashboard=False)
+    ray_seconds = time.perf_counter() - started
+    resources = ray.cluster_resources()
+    load_before = os.getloadavg()[0]
+    rows = []
+    try:
+        for size in args.sizes:
+            files = args.files if size == "tiny" else args.large_files
+            root = work_dir / f"library-{files}"
+            write_toy_library(root, files)
+            memory_root = None
+            if size == "tiny" and args.memory_scale > 1:
+                memory_root = work_dir / f"library-{files * args.memory_scale}"
+                write_toy_library(memory_root, files * args.memory_scale, seed=1)
+            if size == "tiny":
+                tiny_encoders(work_dir / "tiny-checkpoints")  # written once, loaded by each run
+                build, configs = tiny_loader(work_dir / "tiny-checkpoints"), {m: tiny_config(m) for m in MODALITIES}
+            else:
+                build = partial(seeded_large_encoders, layers=args.large_layers)
+                configs = {m: large_config(m) for m in MODALITIES}
+            repeats = args.repeats if size == "tiny" else args.large_repeats
+            run = work_dir / f"run-{size}"
+            rows.append(run_engines(size, build, configs, root, run, options, repeats, memory_root, log))
+    finally:
+        ray.shutdown()
+    print(
+        f"\nmachine: {machine()}; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after. "
+        f"Local pipeline: {args.workers} decode workers, batch {args.batch_size}. Medians of the rounds "
+        f"(tiny {args.repeats}, large {args.large_repeats}), each run end to end with its encoders' loading."
+    )
+    print_engine_table(rows, ray_seconds, resources)
+
+
 def machine() -> str:
     try:
         cpu_info = Path("/proc/cpuinfo").read_text()
@@ -319,6 +525,11 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3, help="rounds of measurements (medians are reported)")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep libraries and indexes here")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local", help="ray: local pipeline vs Ray")
+    parser.add_argument("--large-repeats", type=int, default=1, help="--engine ray: rounds for the ViT-L model")
+    parser.add_argument(
+        "--memory-scale", type=int, default=10, help="--engine ray: the larger library for the driver's memory"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -331,6 +542,9 @@ def main() -> None:
         options = IngestOptions(
             windows=WindowSpec(), workers=args.workers, batch_size=args.batch_size, encode_threads=args.encode_threads
         )
+        if args.engine == "ray":
+            compare_engines(args, options, work_dir, log)
+            return
         thread_counts = args.threads or sorted({1, torch.get_num_threads()})
         rows = []
         for size in args.sizes:

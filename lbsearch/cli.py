@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
 
 from lbsearch.errors import ConfigError, LbsearchError
@@ -34,7 +35,7 @@ class Commands(typer.core.TyperGroup):
         except Exception as exc:
             if not _environment_error(exc):
                 raise
-            err_console.print(f"[bold red]error:[/] {_one_line(exc)}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(_one_line(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
 
@@ -96,7 +97,7 @@ PrecisionOption = Annotated[
 
 def fail(error: Exception | str, code: int = 1) -> None:
     """Print a one-line error (never a traceback) and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -181,6 +182,14 @@ def index(
     batch_size: Annotated[int, typer.Option(help="Inputs per encoder call.")] = 16,
     hidden: Annotated[bool, typer.Option("--hidden", help="Also index hidden files and folders.")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Try files that failed before again.")] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Decode and encode on a Ray cluster: local (start Ray here), auto (this machine's cluster) or "
+            "ray://HOST:PORT. Needs the extra: pip install -e '.[ray]'.",
+        ),
+    ] = None,
     index_dir: IndexOption = None,
     db: DbOption = None,
     device: DeviceOption = None,
@@ -193,6 +202,7 @@ def index(
     Examples:
       lbsearch index ~/Videos ~/Music --models demo
       lbsearch index ~/scans --as depth --model depth=LanguageBind/LanguageBind_Depth
+      lbsearch index /shared/media --models languagebind --ray auto
     """
     from tqdm import tqdm
 
@@ -227,7 +237,7 @@ def index(
         bar.set_postfix(segments_per_s=f"{progress.segments_per_second:.1f}", errors=progress.errors, refresh=False)
         bar.refresh()
 
-    report = lib.add(paths, as_modality=as_modality, options=options, progress=show)
+    report = lib.add(paths, as_modality=as_modality, options=options, progress=show, ray=ray)
     if bar is not None:
         bar.close()
     summary = {
@@ -239,6 +249,7 @@ def index(
         "interrupted": report.interrupted,
         "errors": report.errors,
         "warnings": report.warnings,
+        **({"cluster": report.cluster} if report.cluster else {}),
     }
     if as_json:
         print_json(summary)
@@ -248,6 +259,12 @@ def index(
             f"[bold]{report.embedded}[/] files embedded ({report.vectors} vectors), {report.failed} failed "
             f"in {report.seconds:.1f} s. Plan: {plan or 'nothing to do'}."
         )
+        if report.cluster:
+            used = report.cluster
+            console.print(
+                f"Ray cluster: {used['nodes']} nodes, {used['cpus']:g} CPUs, {used['gpus']:g} GPUs; "
+                f"{used['encode_actors']} encoder actors on {used['encode_device']}."
+            )
         for path, reason in report.errors.items():
             console.print(f"  [red]failed[/] {shown(path)}: {reason}", highlight=False)
         for path, reason in report.warnings.items():

@@ -70,3 +70,8 @@ class ReadOnlyLibraryError(LbsearchError):
     """A command that writes (index, remove, reindex, verify --repair) on a library that cannot be written."""
 
 
+class ClusterError(LbsearchError):
+    """A Ray cluster that cannot run an ingest: Ray not installed, an address it cannot join, a node that cannot
+    see a root."""
+
+

@@ -36,6 +36,7 @@ from lbsearch.storage.store import Disagreement, IndexStore
 
 if TYPE_CHECKING:  # ingestion imports the media readers (seconds), which searching never needs
     from lbsearch.ingest.pipeline import IngestOptions, IngestProgress, IngestReport
+    from lbsearch.ingest.scan import ScanRoot
 
 DEFAULT_INDEX = "indexes"
 
@@ -155,9 +156,14 @@ class Library:
         as_modality: str | None = None,
         options: IngestOptions | None = None,
         progress: Callable[[IngestProgress], None] | None = None,
+        ray: str | None = None,
     ) -> IngestReport:
         """Index folders (recursively): new and changed files are embedded, moved ones recognised, deleted ones
-        dropped. ``as_modality`` ("depth", "thermal", "image") says what the images under these folders are."""
+        dropped. ``as_modality`` ("depth", "thermal", "image") says what the images under these folders are.
+
+        ``ray`` decodes and encodes on a Ray cluster instead of this machine's processes: "local" (start Ray
+        here), "auto" (the cluster this machine is part of) or "ray://HOST:PORT". Planning and commits stay here.
+        """
         from lbsearch.ingest.pipeline import IngestOptions, Ingestor
         from lbsearch.ingest.scan import ScanRoot
 
@@ -167,11 +173,36 @@ class Library:
         roots = [ScanRoot(Path(p).expanduser(), as_modality) for p in paths]
         if not self.models:
             raise ConfigError("no model set chosen: pass --models NAME or --model MODALITY=CHECKPOINT")
-        encoders = {m: self.encoder(m) for m in self.models}
-        model_ids = {m: self.model_id(m) for m in self.models}
-        report = Ingestor(self.db, encoders, model_ids, options or IngestOptions(), progress).run(roots)
+        if ray is None:
+            encoders = {m: self.encoder(m) for m in self.models}
+            model_ids = {m: self.model_id(m) for m in self.models}
+            report = Ingestor(self.db, encoders, model_ids, options or IngestOptions(), progress).run(roots)
+        else:
+            report = self._add_over_ray(roots, ray, options, progress)
         self.store.sync_all()
         return report
+
+    def _add_over_ray(
+        self,
+        roots: list[ScanRoot],
+        address: str,
+        options: IngestOptions | None,
+        progress: Callable[[IngestProgress], None] | None,
+    ) -> IngestReport:
+        # Imported here: without --ray, Ray is never imported.
+        from lbsearch.ingest import cluster
+
+        connected = cluster.connect(address)
+        try:
+            # The driver plans and commits only: the actors load the modality towers.
+            encoders = {m: self.encoder(m, text_only=True) for m in self.models}
+            model_ids = {m: self.model_id(m) for m in self.models}
+            # The library's precision holds on the cluster too (``auto``: each actor measures its own device).
+            ingestor = cluster.RayIngestor(self.db, encoders, model_ids, options, progress, precision=self.precision)
+            return ingestor.run(roots)
+        finally:
+            if connected:
+                cluster.disconnect()
 
     def remove(self, paths: Iterable[str | os.PathLike]) -> int:
         """Forget files (or every file under folders); returns how many. Files on disk are not touched."""

@@ -24,6 +24,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,6 +108,7 @@ class IngestReport:
     warnings: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     interrupted: bool = False
+    cluster: dict[str, Any] = field(default_factory=dict)  # what a run over a Ray cluster used (ingest.cluster)
 
 
 @dataclass
@@ -121,6 +123,83 @@ class _PendingFile:
     modality: str | None = None  # as decoding found it, when not as scanned
     vectors: list[NewVector] = field(default_factory=list)
     only_models: frozenset[int] | None = None
+
+
+class RunLedger:
+    """The files of a run in flight, and their commits: whatever runs the decoding and encoding (this module's
+    process pool, a Ray cluster) hands it decoded parts and embeddings, and it alone writes them.
+
+    A file is committed only once every part and input of it has arrived, in one transaction with its segments
+    and vectors; ``commit_files`` files or ``commit_seconds`` go by between transactions."""
+
+    def __init__(self, db: Database, options: IngestOptions, report: IngestReport, files_total: int):
+        self.db = db
+        self.options = options
+        self.report = report
+        self.progress = IngestProgress(files_total=files_total)
+        self.pending: dict[str, _PendingFile] = {}
+        self._finished: list[_PendingFile] = []
+        self._failures: dict[int, str] = {}
+        self._last_commit = time.monotonic()
+
+    def expect(self, file_id: int, path: str, only_models: frozenset[int] | None) -> None:
+        self.pending[path] = _PendingFile(file_id, path, only_models=only_models)
+
+    def owner_of(self, part: DecodedPart) -> _PendingFile | None:
+        """The pending file a decoded part belongs to, with the part's warning and media description recorded.
+        None when the file failed, in this part (recorded here) or in an earlier one."""
+        owner = self.pending.get(part.task.path)
+        if owner is None:
+            return None
+        if part.error is not None:
+            self._failures[owner.file_id] = part.error
+            self.report.failed += 1
+            self.report.errors[owner.path] = part.error
+            self.progress.errors += 1
+            self.progress.files_done += 1
+            del self.pending[owner.path]
+            return None
+        if part.warning:
+            self.report.warnings[owner.path] = part.warning
+        if part.task.part == 0:
+            owner.info = _media_info(part)
+            owner.modality = part.modality
+        return owner
+
+    def embedded(
+        self, owner: _PendingFile, model_id: int, item: ModelInput, embedding: np.ndarray, precision: str
+    ) -> None:
+        """One of ``owner``'s inputs came back from its encoder (run at ``precision``) as ``embedding``."""
+        vector = NewVector(model_id, item.modality, embedding.astype(np.float32), item.start, item.end, precision)
+        owner.vectors.append(vector)
+        owner.inputs_left -= 1
+        self.progress.segments += 1
+        self.maybe_finish(owner)
+
+    def maybe_finish(self, owner: _PendingFile) -> None:
+        if owner.parts_left == 0 and owner.inputs_left == 0 and self.pending.get(owner.path) is owner:
+            del self.pending[owner.path]
+            self._finished.append(owner)
+            self.progress.files_done += 1
+
+    def commit(self, force: bool = False) -> None:
+        """Write the finished and failed files, when a batch is due (``force``: now)."""
+        due = (
+            len(self._finished) >= self.options.commit_files
+            or time.monotonic() - self._last_commit > self.options.commit_seconds
+        )
+        if not (force or due) or not (self._finished or self._failures):
+            return
+        self.db.store_vectors(
+            [FileVectors(p.file_id, p.vectors, p.info, p.only_models, p.modality) for p in self._finished]
+        )
+        if self._failures:
+            self.db.mark_files_failed(self._failures)
+        self.report.embedded += len(self._finished)
+        self.report.vectors += sum(len(p.vectors) for p in self._finished)
+        self._finished.clear()
+        self._failures.clear()
+        self._last_commit = time.monotonic()
 
 
 class Ingestor:
@@ -251,37 +330,15 @@ class Ingestor:
         report: IngestReport,
         pool: cf.Executor | None,
     ) -> None:
-        progress = IngestProgress(files_total=len(tasks))
-        pending: dict[str, _PendingFile] = {}
+        ledger = RunLedger(self.db, self.options, report, files_total=len(tasks))
+        progress = ledger.progress
         queues: dict[str, list[tuple[_PendingFile, ModelInput]]] = defaultdict(list)
-        finished: list[_PendingFile] = []
-        failures: dict[int, str] = {}
-        last_commit = time.monotonic()
         all_threads = torch.get_num_threads()
         threads = {m: self._encoding_threads(e, all_threads) for m, e in self.encoders.items()}
         todo: list[DecodeTask] = []
         for file_id, task, only in reversed(tasks):
-            pending[task.path] = _PendingFile(file_id, task.path, only_models=only)
+            ledger.expect(file_id, task.path, only)
             todo.append(task)
-
-        def commit(force: bool = False) -> None:
-            nonlocal last_commit
-            due = (
-                len(finished) >= self.options.commit_files
-                or time.monotonic() - last_commit > self.options.commit_seconds
-            )
-            if not (force or due) or not (finished or failures):
-                return
-            self.db.store_vectors(
-                [FileVectors(p.file_id, p.vectors, p.info, p.only_models, p.modality) for p in finished]
-            )
-            if failures:
-                self.db.mark_files_failed(failures)
-            report.embedded += len(finished)
-            report.vectors += sum(len(p.vectors) for p in finished)
-            finished.clear()
-            failures.clear()
-            last_commit = time.monotonic()
 
         def encode(modality: str, everything: bool = False, idle_workers: int = 0) -> None:
             queue = queues[modality]
@@ -293,46 +350,21 @@ class Ingestor:
                 encoder = self.encoders[modality]
                 embeddings = encoder.encode(torch.stack([item.tensor for _, item in batch]))
                 for (owner, item), embedding in zip(batch, embeddings.numpy(), strict=True):
-                    owner.vectors.append(
-                        NewVector(
-                            self.model_ids[modality],
-                            modality,
-                            embedding.astype(np.float32),
-                            item.start,
-                            item.end,
-                            encoder.precision,
-                        )
-                    )
-                    owner.inputs_left -= 1
-                    progress.segments += 1
-                    self._maybe_finish(owner, pending, finished, progress)
+                    ledger.embedded(owner, self.model_ids[modality], item, embedding, encoder.precision)
 
         def accept(part: DecodedPart) -> list[DecodeTask]:
-            owner = pending.get(part.task.path)
-            if owner is None:  # the file already failed in another part
+            owner = ledger.owner_of(part)
+            if owner is None:  # the file failed, in this part or in another one
+                if part.error is not None:
+                    for queue in queues.values():
+                        queue[:] = [entry for entry in queue if entry[0].path != part.task.path]
                 return []
-            owner.parts_left -= 1
-            if part.error is not None:
-                failures[owner.file_id] = part.error
-                report.failed += 1
-                report.errors[owner.path] = part.error
-                progress.errors += 1
-                progress.files_done += 1
-                del pending[owner.path]
-                for queue in queues.values():
-                    queue[:] = [entry for entry in queue if entry[0] is not owner]
-                return []
-            if part.warning:
-                report.warnings[owner.path] = part.warning
             more = follow_up_tasks(part) if part.task.part == 0 else []
-            if part.task.part == 0:
-                owner.info = _media_info(part)
-                owner.modality = part.modality
-                owner.parts_left += len(more)
+            owner.parts_left += len(more) - 1
             owner.inputs_left += len(part.inputs)
             for item in part.inputs:
                 queues[item.modality].append((owner, item))
-            self._maybe_finish(owner, pending, finished, progress)
+            ledger.maybe_finish(owner)
             return more
 
         parts = self._decoded(todo, accept, pool)
@@ -340,7 +372,7 @@ class Ingestor:
             for idle_workers in parts:
                 for modality in list(queues):
                     encode(modality, idle_workers=idle_workers)
-                commit()
+                ledger.commit()
                 if self.progress:
                     self.progress(progress)
         except KeyboardInterrupt:
@@ -352,7 +384,7 @@ class Ingestor:
         threads = dict.fromkeys(threads, all_threads)
         for modality in list(queues):
             encode(modality, everything=True)
-        commit(force=True)
+        ledger.commit(force=True)
         if self.progress:
             self.progress(progress)
 
@@ -367,13 +399,13 @@ class Ingestor:
         """
         if self.options.encode_threads is not None:
             return self.options.encode_threads
-        if self.options.workers == 0 or _heavy_on_cpu(encoder):
+        if self.options.workers == 0 or (is_heavy(encoder) and encoder.device.type == "cpu"):
             return all_threads
         return max(1, available_cores() - self.options.workers)
 
     def _encoder_bound(self) -> bool:
         """Whether encoding is the slow stage: some tower is heavy and runs on the CPU, beside the workers."""
-        return any(_heavy_on_cpu(encoder) for encoder in self.encoders.values())
+        return any(is_heavy(encoder) and encoder.device.type == "cpu" for encoder in self.encoders.values())
 
     def _start_workers(self) -> cf.ProcessPoolExecutor | None:
         """The decode worker processes, started (None with ``workers=0``: decode in this process)."""
@@ -439,13 +471,6 @@ class Ingestor:
             group.append(todo.pop())
         return group
 
-    @staticmethod
-    def _maybe_finish(owner: _PendingFile, pending: dict, finished: list, progress: IngestProgress) -> None:
-        if owner.parts_left == 0 and owner.inputs_left == 0 and pending.get(owner.path) is owner:
-            del pending[owner.path]
-            finished.append(owner)
-            progress.files_done += 1
-
 
 @contextmanager
 def _older_objects_frozen() -> Iterator[None]:
@@ -461,6 +486,11 @@ def _older_objects_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
+def is_heavy(encoder: Encoder) -> bool:
+    """Whether the encoder's modality tower is big enough to be the slow stage on a CPU (counted at fp32)."""
+    return encoder.vision_parameters >= HEAVY_ENCODER_PARAMETERS
+
+
 def available_cores() -> int:
     """The CPU cores this process may run on (its affinity mask, where the platform has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -468,11 +498,6 @@ def available_cores() -> int:
 
 def _decode_group(tasks: list[DecodeTask]) -> list[DecodedPart]:
     return [decode(task) for task in tasks]
-
-
-def _heavy_on_cpu(encoder: Encoder) -> bool:
-    """A tower of `HEAVY_ENCODER_PARAMETERS` or more takes far longer per input on a CPU than decoding does."""
-    return encoder.device.type == "cpu" and encoder.vision_parameters >= HEAVY_ENCODER_PARAMETERS
 
 
 def _worker_init(parent_pid: int, niceness: int) -> None:
