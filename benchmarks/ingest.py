@@ -197,12 +197,11 @@ def decode_only(
         return follow_up_tasks(part) if part.task.part == 0 else []
 
     started, cpu_started = time.perf_counter(), cpu_seconds()
-    pool = ingestor._start_workers()
-    for _ in ingestor._decoded(todo, accept, pool):
+    pool = ingestor.start_decoding()
+    for _ in pool.decoded(todo, accept):
         pass
     seconds = time.perf_counter() - started
-    if pool is not None:
-        pool.shutdown(wait=True)  # the workers' CPU time counts once they are reaped
+    pool.close()  # the workers' CPU time counts once they are reaped
     db.close()
     return Measure(seconds, len(files), len(inputs), cpu_seconds() - cpu_started), inputs
 

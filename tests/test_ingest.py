@@ -33,6 +33,7 @@ from lbsearch.cli import app
 from lbsearch.ingest import scan as scan_module
 from lbsearch.ingest.decode import DecodeTask, WindowSpec, decode
 from lbsearch.ingest.pipeline import IngestOptions, Ingestor, IngestProgress
+from lbsearch.ingest.pool import DecodePool
 from lbsearch.library import Library
 from lbsearch.preprocess import PreprocessSettings
 from lbsearch.storage.database import Database
@@ -338,8 +339,8 @@ def test_windows_past_one_decode_part_are_all_embedded(tmp_path, models):
 
 
 def test_workers_left_without_tasks_are_reported_for_encoding(tmp_path, models):
-    """`_decoded` says after each part how many workers have nothing left to decode: none while tasks wait to be
-    submitted, every worker once the last part is in (their cores then go to encoding)."""
+    """`DecodePool.decoded` says after each part how many workers have nothing left to decode: none while tasks
+    wait to be submitted, every worker once the last part is in (their cores then go to encoding)."""
     root = tmp_path / "library"
     root.mkdir()
     for index in range(10):
@@ -356,15 +357,12 @@ def test_workers_left_without_tasks_are_reported_for_encoding(tmp_path, models):
             accepted.append(len(todo))  # tasks not yet submitted when this part came
             return []
 
-        pool = ingestor._start_workers()
-        try:
-            idle = list(ingestor._decoded(todo, accept, pool))
-        finally:
-            pool.shutdown(wait=False)
+        with ingestor.start_decoding() as pool:
+            idle = list(pool.decoded(todo, accept))
     assert len(idle) == len(accepted) == 10
     assert all(count == 0 for count, waiting in zip(idle, accepted, strict=True) if waiting)
     assert accepted[0] == 4 and idle[-1] == 2 and all(0 <= count <= 2 for count in idle)
-    # The run does not wait for the idle workers to exit, but they do exit.
+    # Once the pool is closed, its workers are gone.
     deadline = time.monotonic() + 30
     while multiprocessing.active_children() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -372,13 +370,14 @@ def test_workers_left_without_tasks_are_reported_for_encoding(tmp_path, models):
 
 
 def test_small_files_go_to_the_workers_in_groups_and_large_ones_alone():
-    ingestor = Ingestor(None, {}, {}, IngestOptions(workers=2))
+    pool = DecodePool(workers=2, max_in_flight=6)
+    pool.close()  # grouping needs no running worker
     sizes = [3_000] * 64 + [5_000_000, 400_000, 400_000, 400_000] + [3_000] * 40
     todo = [DecodeTask(f"/media/{index}", "image", {}, size=size) for index, size in enumerate(sizes)]
     todo.reverse()  # the pipeline takes tasks from the end
     groups = []
     while todo:
-        groups.append([int(task.path.rsplit("/", 1)[1]) for task in ingestor._next_group(todo)])
+        groups.append([int(task.path.rsplit("/", 1)[1]) for task in pool.next_group(todo)])
     assert [index for group in groups for index in group] == list(range(len(sizes)))  # each once, in order
     assert [len(group) for group in groups[:8]] == [8] * 8 and max(map(len, groups)) == 8
     assert [64] in groups and [65, 66] in groups  # 5 MB alone; a third 400 kB file would pass 1 MiB

@@ -238,8 +238,5 @@ def test_decode_workers_yield_to_a_heavy_encoder_on_the_cpu(tmp_path: Path) -> N
     base = os.nice(0)
     with Database.open(tmp_path) as db:
         for encoders, niceness in ((light, base), ({"image": heavy}, base + WORKER_NICENESS)):
-            pool = Ingestor(db, encoders, {"image": 1}, IngestOptions(workers=1))._start_workers()
-            try:
-                assert pool.submit(os.nice, 0).result() == min(niceness, 19)
-            finally:
-                pool.shutdown()
+            with Ingestor(db, encoders, {"image": 1}, IngestOptions(workers=1)).start_decoding() as pool:
+                assert pool.executor.submit(os.nice, 0).result() == min(niceness, 19)

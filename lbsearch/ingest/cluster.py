@@ -46,6 +46,7 @@ from lbsearch.ingest.pipeline import (
     available_cores,
     is_heavy,
 )
+from lbsearch.ingest.pool import DecodePool
 from lbsearch.models import Encoder, load_checkpoint
 from lbsearch.models.precision import AUTO
 from lbsearch.storage.database import Database
@@ -278,14 +279,14 @@ class RayIngestor(Ingestor):
         report.cluster = self.shape.summary()
         return report
 
-    def _start_workers(self) -> None:
-        return None  # the cluster decodes
+    def start_decoding(self) -> DecodePool:
+        return DecodePool(workers=0, max_in_flight=0)  # no local workers: the cluster decodes
 
     def _execute(
         self,
         tasks: list[tuple[int, DecodeTask, frozenset[int] | None]],
         report: IngestReport,
-        pool: None,
+        pool: DecodePool,
     ) -> None:
         ledger = RunLedger(self.db, self.options, report, files_total=len(tasks))
         for file_id, task, only in tasks:

@@ -91,7 +91,7 @@ class ModelInput:
 
     def __reduce__(self) -> tuple:
         # Sent back from the decode workers as a plain array: torch's multiprocessing pickler gives every tensor
-        # its own shared-memory file, which cost 20x more than copying tensors of this size through the pipe.
+        # its own shared-memory file, which costs far more than copying tensors of this size through the pipe.
         return (_model_input, (self.modality, self.start, self.end, self.tensor.numpy()))
 
 
@@ -118,7 +118,7 @@ def decode(task: DecodeTask) -> DecodedPart:
     result = DecodedPart(task)
     try:
         # An audio file is described by its own decoding (`_decode_audio`): opening it once instead of twice
-        # saves a quarter of the decode time of short clips (PyAV takes ~8 ms to open a WAV).
+        # saves much of the decode time of short clips (docs/benchmarks.md, Ingest).
         if not (task.modality == "audio" and "audio" in task.settings):
             result.info = probe(task.path)
         if task.modality == "video" and result.info is not None and not result.info.has_video:
@@ -143,7 +143,7 @@ def _decode_timed(task: DecodeTask, result: DecodedPart) -> None:
         if "video" in task.settings:
             settings = task.settings["video"]
             # One FFmpeg thread: ingestion decodes a file per core already. Its own threading (one per core) spent
-            # 27% more CPU time on the toy clips for the same wall time, and fought the encoder for the cores.
+            # more CPU time for the same wall time, and fought the encoder for the cores (docs/benchmarks.md).
             with VideoFrames(task.path, decoder_threads=1) as video:
                 spans = _spans(task, result, video.duration)
                 for start, end in spans:

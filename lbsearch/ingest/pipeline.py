@@ -13,12 +13,8 @@ interrupted.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import gc
-import multiprocessing
 import os
-import signal
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -33,7 +29,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from lbsearch import modalities
 from lbsearch.errors import ConfigError, StorageError
 from lbsearch.ingest import scan
-from lbsearch.ingest.decode import DecodedPart, DecodeTask, ModelInput, WindowSpec, decode, follow_up_tasks
+from lbsearch.ingest.decode import DecodedPart, DecodeTask, ModelInput, WindowSpec, follow_up_tasks
+from lbsearch.ingest.pool import DecodePool
 from lbsearch.models import Encoder
 from lbsearch.models.autotune import HEAVY_ENCODER_PARAMETERS
 from lbsearch.paths import shown
@@ -41,13 +38,6 @@ from lbsearch.preprocess import PreprocessSettings
 from lbsearch.storage.database import Database
 from lbsearch.storage.records import FileVectors, MediaInfo, NewVector
 
-# How often a decode worker checks that the process that started it is still alive.
-ORPHAN_CHECK_SECONDS = 0.5
-# Small files go to a worker in groups: each call costs ~1 ms of pickling, pipe traffic and thread wake-ups here,
-# as much as decoding a small PNG. Groups of up to 8 cut the toy benchmark's CPU time by 7% and its wall time by
-# 5%; a file of a megabyte or more (a photo, a real video) is worth a call of its own.
-GROUP_TASKS = 8
-GROUP_BYTES = 1 << 20
 # When encoding is the slow stage, the decode workers run at this lower priority, so that the scheduler gives them
 # the cycles the encoder leaves idle (between batches, in its serial parts) rather than a share of its cores: a
 # parallel region of the encoder waits for its slowest thread, so a core taken by a worker stalls the whole batch.
@@ -77,9 +67,9 @@ class IngestOptions:
     @property
     def max_in_flight(self) -> int:
         # Tasks queued besides the running ones keep the workers decoding while the encoder runs a batch: with
-        # 2 * workers + 2 they sat idle through most of it (12% slower on the toy library), and with one batch
-        # ahead they still waited out a batch of videos (7% slower than two batches ahead). Each task holds at
-        # most 1 + WINDOWS_PER_PART inputs per modality, so memory stays bounded.
+        # fewer they sat idle through much of it, and with one batch ahead they still waited out a batch of videos
+        # (docs/benchmarks.md, Ingest). Each task holds at most 1 + WINDOWS_PER_PART inputs per modality, so
+        # memory stays bounded.
         return 2 * self.batch_size + 2 * max(self.workers, 1)
 
 
@@ -224,8 +214,8 @@ class Ingestor:
 
     def run(self, roots: Iterable[str | scan.ScanRoot]) -> IngestReport:
         started = time.monotonic()
-        # Forking the decode workers first overlaps their start with the planning (3% of a 200-file toy run).
-        pool = self._start_workers()
+        # Forking the decode workers first overlaps their start with the planning.
+        pool = self.start_decoding()
         try:
             return self._plan_and_execute(roots, pool, started)
         except (SQLAlchemyError, OSError) as exc:
@@ -236,14 +226,10 @@ class Ingestor:
                 "then run the same command again to go on"
             ) from exc
         finally:
-            if pool is not None:
-                # Waiting for the pool's manager thread: one left running races Python's exit handler, which then
-                # writes to the pipe the thread just closed ("Exception ignored ... Bad file descriptor"). Calls
-                # not yet started are dropped; those running (after Ctrl-C) are finished first.
-                pool.shutdown(wait=True, cancel_futures=True)
+            pool.close()
 
     def _plan_and_execute(
-        self, roots: Iterable[str | scan.ScanRoot], pool: cf.Executor | None, started: float
+        self, roots: Iterable[str | scan.ScanRoot], pool: DecodePool, started: float
     ) -> IngestReport:
         plan = scan.plan(
             self.db, roots, include_hidden=self.options.include_hidden, retry_failed=self.options.retry_failed
@@ -328,7 +314,7 @@ class Ingestor:
         self,
         tasks: list[tuple[int, DecodeTask, frozenset[int] | None]],
         report: IngestReport,
-        pool: cf.Executor | None,
+        pool: DecodePool,
     ) -> None:
         ledger = RunLedger(self.db, self.options, report, files_total=len(tasks))
         progress = ledger.progress
@@ -367,7 +353,7 @@ class Ingestor:
             ledger.maybe_finish(owner)
             return more
 
-        parts = self._decoded(todo, accept, pool)
+        parts = pool.decoded(todo, accept)
         try:
             for idle_workers in parts:
                 for modality in list(queues):
@@ -392,10 +378,9 @@ class Ingestor:
         """torch threads for an encoder's batches in a run (decode workers take cores too).
 
         Intra-op threads beside busy workers fight them for the cores, and a parallel region waits for its
-        slowest thread: on 2 cores with 2 workers (benchmarks/ingest.py) toy-size models ran 7% faster with 1
-        thread than with 2, and 2 to 4.5x faster while other programs kept the cores busy. A heavy tower on a CPU
-        is the slower stage by far (the workers idle most of the time): it gets every core, as ViT-L encoded
-        1.5x faster with 2 threads than with 1.
+        slowest thread: small models run faster with one thread each (benchmarks/ingest.py, docs/benchmarks.md).
+        A heavy tower on a CPU is the slower stage by far (the workers idle most of the time): it gets every
+        core.
         """
         if self.options.encode_threads is not None:
             return self.options.encode_threads
@@ -407,75 +392,16 @@ class Ingestor:
         """Whether encoding is the slow stage: some tower is heavy and runs on the CPU, beside the workers."""
         return any(is_heavy(encoder) and encoder.device.type == "cpu" for encoder in self.encoders.values())
 
-    def _start_workers(self) -> cf.ProcessPoolExecutor | None:
-        """The decode worker processes, started (None with ``workers=0``: decode in this process)."""
-        if self.options.workers == 0:
-            return None
-        # fork (as PyTorch's DataLoader does on Linux): workers start at once and need no importable __main__;
-        # they never touch the encoder or the database. spawn elsewhere.
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        pool = cf.ProcessPoolExecutor(
-            self.options.workers,
-            mp_context=multiprocessing.get_context(method),
-            initializer=_worker_init,
-            initargs=(os.getpid(), WORKER_NICENESS if self._encoder_bound() else 0),
-        )
-        pool.submit(int)  # a pool forks its workers at its first call
-        return pool
-
-    def _decoded(
-        self,
-        todo: list[DecodeTask],
-        accept: Callable[[DecodedPart], list[DecodeTask]],
-        pool: cf.Executor | None,
-    ) -> Iterator[int]:
-        """Decode the tasks in ``pool``'s workers (in this process when it is None), handing each part to
-        ``accept`` as it comes, with at most ``max_in_flight`` tasks outstanding. Yields after each part the number
-        of workers left with nothing to do: once every task is submitted, their cores are free for encoding until
-        the end of the run."""
-        if pool is None:
-            while todo:
-                todo.extend(reversed(accept(decode(todo.pop()))))
-                yield 0
-            return
-        running: dict[cf.Future, int] = {}  # a worker call -> the tasks in it
-        in_flight = 0
-        try:
-            while todo or running:
-                while todo and in_flight < self.options.max_in_flight:
-                    group = self._next_group(todo)
-                    running[pool.submit(_decode_group, group)] = len(group)
-                    in_flight += len(group)
-                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                for future in done:
-                    in_flight -= running.pop(future)
-                    for part in future.result():
-                        todo.extend(reversed(accept(part)))
-                        yield 0 if todo else self._idle_workers(running)
-        finally:
-            for future in running:  # after Ctrl-C: calls not yet started never start
-                future.cancel()
-
-    def _idle_workers(self, running: Iterable[cf.Future]) -> int:
-        # A finished call waiting in `done` waits on this process, not on a worker.
-        return max(0, self.options.workers - sum(not future.done() for future in running))
-
-    def _next_group(self, todo: list[DecodeTask]) -> list[DecodeTask]:
-        """The tasks for one worker call, taken from the end of ``todo``: small files together, and smaller groups
-        as the work runs out, so the workers finish together."""
-        most = max(1, min(GROUP_TASKS, len(todo) // (2 * self.options.workers)))
-        group = [todo.pop()]
-        total = group[0].size
-        while todo and len(group) < most and total + todo[-1].size <= GROUP_BYTES:
-            total += todo[-1].size
-            group.append(todo.pop())
-        return group
+    def start_decoding(self) -> DecodePool:
+        """The decode pool for this run's options, its workers niced when encoding is the slow stage."""
+        niceness = WORKER_NICENESS if self._encoder_bound() else 0
+        return DecodePool(self.options.workers, self.options.max_in_flight, niceness)
 
 
 @contextmanager
 def _older_objects_frozen() -> Iterator[None]:
     """Keep Python's cyclic garbage collector from scanning the objects that exist before a run (torch's, the
-    models', SQLAlchemy's: ~300k): a full collection of them took 0.25 s, 13% of a 200-file toy run."""
+    models', SQLAlchemy's): a full collection of them costs a noticeable share of a small run."""
     if gc.get_freeze_count():  # a caller froze its own objects (a pre-forking server): unfreezing would undo that
         yield
         return
@@ -494,27 +420,6 @@ def is_heavy(encoder: Encoder) -> bool:
 def available_cores() -> int:
     """The CPU cores this process may run on (its affinity mask, where the platform has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _decode_group(tasks: list[DecodeTask]) -> list[DecodedPart]:
-    return [decode(task) for task in tasks]
-
-
-def _worker_init(parent_pid: int, niceness: int) -> None:
-    # Decoding workers share the CPU with the encoder: one thread each keeps them from oversubscribing it.
-    torch.set_num_threads(1)
-    if niceness:
-        os.nice(niceness)
-    # Ctrl-C is handled by the main process, which drains the work already decoded.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A worker waits on its task queue forever, so one whose parent was killed (kill -9) would linger: leave then.
-    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), name="orphan-watch", daemon=True).start()
-
-
-def _exit_when_orphaned(parent_pid: int) -> None:
-    while os.getppid() == parent_pid:
-        time.sleep(ORPHAN_CHECK_SECONDS)
-    os._exit(1)
 
 
 def _cause(exc: BaseException) -> str:

@@ -1,8 +1,8 @@
 """``precision="auto"``: the fastest precision whose embeddings agree with fp32, measured once per machine and model
 shape and remembered.
 
-The best precision depends on the CPU: with ``avx512_bf16`` or AMX a bf16 ViT-L ran 3.3x faster than fp32, without
-them 3x slower; int8 needs no special instructions but costs some accuracy. So nothing is assumed: a
+The best precision depends on the CPU: with ``avx512_bf16`` or AMX bf16 runs far faster than fp32, without them
+slower (docs/benchmarks.md); int8 needs no special instructions but costs some accuracy. So nothing is assumed: a
 micro-benchmark times each candidate on a small calibration batch (the first real inputs when there are any) and
 compares its embeddings with fp32's. The result is cached in ``$LBSEARCH_CACHE`` (default
 ``~/.cache/lbsearch``), keyed by the CPU (model name and flags) or GPU, the torch version, the thread count and the
@@ -40,7 +40,7 @@ BUDGET_SECONDS = 5.0
 # ingest on a CPU (decoding is): `auto` keeps it at fp32, exact, without measuring.
 HEAVY_ENCODER_PARAMETERS = 20_000_000
 # CPU features under which bf16 matmuls run in hardware; without them PyTorch emulates bf16 and it is slower
-# than fp32 (3x for a ViT-L on an AVX2 EPYC), so it is not worth timing.
+# than fp32 (docs/benchmarks.md, Encoders), so it is not worth timing.
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 # The flags that decide CPU speed at each precision, shown by `lbsearch status` and the encode benchmark.
 RELEVANT_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "avx512_vnni", "avx512f", "avx2", "fma", "f16c")

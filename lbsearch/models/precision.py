@@ -52,7 +52,7 @@ def apply_to_tower(tower: torch.nn.Module, precision: str) -> torch.nn.Module:
     """``tower`` (fp32) converted in place to ``precision`` (not ``auto``); returns it."""
     if precision == INT8:
         # PyTorch's dynamic quantisation (fbgemm kernels), not torchao's int8: on an AVX2 CPU without VNNI
-        # torchao's int8 dynamic-activation/int8-weight ran at 0.04-0.06x fp32's speed, this at 2.2x for a ViT-L
+        # torchao's int8 dynamic-activation/int8-weight ran far slower than fp32, this faster
         # (benchmarks/encode.py, docs/benchmarks.md). It warns that it leaves PyTorch in 2.10 (for torchao); torch
         # is pinned at 2.9, where it is the maintained path that is fast on such CPUs.
         with warnings.catch_warnings():

@@ -121,7 +121,7 @@ def _decoded_blocks(path: Path, seconds: float = 0.0) -> Iterator[tuple[int, np.
     first audio track, from the frame holding the sample at ``seconds`` or an earlier one (`read_audio` says
     when it seeks)."""
     # A WAV header states the codec, rate and channels: FFmpeg's stream probing (it decodes ahead to find them)
-    # took 55-80% of decoding a WAV, and the samples are the same without it.
+    # took most of the time of decoding a WAV, and the samples are the same without it.
     options = _WAV_OPEN_OPTIONS if _checked_wav(path) else {}
     layout: tuple[int, int] | None = None  # (rate, channels) of the first frame: every frame must match it
     try:
