@@ -383,7 +383,7 @@ def test_search_tables_fold_long_paths_instead_of_cutting_them(built: Built) -> 
 def test_progress_on_a_non_terminal_is_a_plain_line_at_most_every_few_seconds(tmp_path: Path) -> None:
     write_images(tmp_path / "media", 12)
     calls = []
-    from lbsearch import cli as cli_module
+    from lbsearch.cli import library as cli_module
 
     original = cli_module.PlainProgress.update
     cli_module.PlainProgress.update = lambda self, progress: calls.append(progress) or original(self, progress)

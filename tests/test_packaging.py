@@ -39,7 +39,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names if "dist-info" not in name}
     assert top_level == {"lbsearch"}, f"the wheel installs more than the lbsearch package: {sorted(top_level)}"
-    assert "lbsearch/app/streamlit_app.py" in names and "lbsearch/cli.py" in names
+    assert "lbsearch/app/streamlit_app.py" in names and "lbsearch/cli/__init__.py" in names
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(root / "venv")], check=True)
     bin_dir = root / "venv" / "bin"
     subprocess.run(

@@ -1,0 +1,5 @@
+"""`python -m lbsearch.cli`: what the `lbsearch` console script runs."""
+
+from lbsearch.cli import app
+
+app()
