@@ -37,16 +37,16 @@ from lbsearch.errors import ClusterError
 from lbsearch.ingest import scan
 from lbsearch.ingest.decode import DecodedPart, DecodeTask, ModelInput, decode, follow_up_tasks
 from lbsearch.ingest.pipeline import (
-    GROUP_TASKS,
     IngestOptions,
     Ingestor,
     IngestProgress,
     IngestReport,
+    PlannedTask,
     RunLedger,
     available_cores,
     is_heavy,
 )
-from lbsearch.ingest.pool import DecodePool
+from lbsearch.ingest.pool import GROUP_TASKS, DecodePool
 from lbsearch.models import Encoder, load_checkpoint
 from lbsearch.models.precision import AUTO
 from lbsearch.storage.database import Database
@@ -284,13 +284,11 @@ class RayIngestor(Ingestor):
 
     def _execute(
         self,
-        tasks: list[tuple[int, DecodeTask, frozenset[int] | None]],
+        tasks: list[PlannedTask],
         report: IngestReport,
         pool: DecodePool,
     ) -> None:
-        ledger = RunLedger(self.db, self.options, report, files_total=len(tasks))
-        for file_id, task, only in tasks:
-            ledger.expect(file_id, task.path, only)
+        ledger = RunLedger(self.db, self.options, report, tasks)
         seen: dict[str, set[int]] = {}  # a pending file -> its parts that arrived
         stream = self._stream([task for _, task, _ in tasks])
         try:

@@ -17,7 +17,7 @@ import gc
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -43,6 +43,9 @@ from lbsearch.storage.records import FileVectors, MediaInfo, NewVector
 # parallel region of the encoder waits for its slowest thread, so a core taken by a worker stalls the whole batch.
 # (Not yet measured against equal priority: see docs/benchmarks.md.)
 WORKER_NICENESS = 10
+
+# A file to embed: its database id, its whole-file decode task, and the models to embed it for (None: all).
+PlannedTask = tuple[int, DecodeTask, frozenset[int] | None]
 
 
 @dataclass(frozen=True)
@@ -122,18 +125,17 @@ class RunLedger:
     A file is committed only once every part and input of it has arrived, in one transaction with its segments
     and vectors; ``commit_files`` files or ``commit_seconds`` go by between transactions."""
 
-    def __init__(self, db: Database, options: IngestOptions, report: IngestReport, files_total: int):
+    def __init__(
+        self, db: Database, options: IngestOptions, report: IngestReport, tasks: Sequence[PlannedTask]
+    ):
         self.db = db
         self.options = options
         self.report = report
-        self.progress = IngestProgress(files_total=files_total)
-        self.pending: dict[str, _PendingFile] = {}
+        self.progress = IngestProgress(files_total=len(tasks))
+        self.pending = {task.path: _PendingFile(file_id, task.path, only_models=only) for file_id, task, only in tasks}
         self._finished: list[_PendingFile] = []
         self._failures: dict[int, str] = {}
         self._last_commit = time.monotonic()
-
-    def expect(self, file_id: int, path: str, only_models: frozenset[int] | None) -> None:
-        self.pending[path] = _PendingFile(file_id, path, only_models=only_models)
 
     def owner_of(self, part: DecodedPart) -> _PendingFile | None:
         """The pending file a decoded part belongs to, with the part's warning and media description recorded.
@@ -250,7 +252,7 @@ class Ingestor:
             self.db.mark_files_failed({file_ids[t.file.path]: "cannot be read" for t in unreadable})
             report.failed += len(unreadable)
             report.errors.update({t.file.path: "cannot be read" for t in unreadable})
-        tasks: list[tuple[int, DecodeTask, frozenset[int] | None]] = [
+        tasks: list[PlannedTask] = [
             (
                 file_ids[t.file.path],
                 self.decode_task(t.file.path, t.file.modality, t.file.size),
@@ -287,7 +289,7 @@ class Ingestor:
         """The modalities a file of this kind is embedded in: a video also gives its audio track."""
         return {m: self.settings[m] for m in modalities.embedded_as(file_modality) if m in self.settings}
 
-    def _new_model_tasks(self, planned: set[int]) -> list[tuple[int, DecodeTask, frozenset[int]]]:
+    def _new_model_tasks(self, planned: set[int]) -> list[PlannedTask]:
         """Embedded files that lack a vector of a model in the set (a new model version): embed them for it
         alone, keeping the vectors of older versions."""
         tasks = []
@@ -312,19 +314,16 @@ class Ingestor:
 
     def _execute(
         self,
-        tasks: list[tuple[int, DecodeTask, frozenset[int] | None]],
+        tasks: list[PlannedTask],
         report: IngestReport,
         pool: DecodePool,
     ) -> None:
-        ledger = RunLedger(self.db, self.options, report, files_total=len(tasks))
+        ledger = RunLedger(self.db, self.options, report, tasks)
         progress = ledger.progress
         queues: dict[str, list[tuple[_PendingFile, ModelInput]]] = defaultdict(list)
         all_threads = torch.get_num_threads()
         threads = {m: self._encoding_threads(e, all_threads) for m, e in self.encoders.items()}
-        todo: list[DecodeTask] = []
-        for file_id, task, only in reversed(tasks):
-            ledger.expect(file_id, task.path, only)
-            todo.append(task)
+        todo = [task for _, task, _ in reversed(tasks)]
 
         def encode(modality: str, everything: bool = False, idle_workers: int = 0) -> None:
             queue = queues[modality]
