@@ -41,15 +41,15 @@ class Disagreement:
 class IndexStore:
     """The FAISS indexes of one library: one file per (model, modality) under ``folder/faiss``.
 
-    ``recall_queries(model_id, modality)`` may supply text embeddings to tune approximate indexes on the
-    queries users actually send (see `VectorIndex.build`).
+    ``recall_queries(model_id, modality)`` may supply queries by kind (text embeddings, other modalities'
+    vectors) to tune approximate indexes on the queries users actually send (see `VectorIndex.build`).
     """
 
     def __init__(
         self,
         db: Database,
         folder: str | Path,
-        recall_queries: Callable[[int, str], np.ndarray | None] | None = None,
+        recall_queries: Callable[[int, str], np.ndarray | dict[str, np.ndarray] | None] | None = None,
     ):
         self.db = db
         self.folder = Path(folder) / INDEX_FOLDER
@@ -80,13 +80,17 @@ class IndexStore:
         """Bring the file of (model, modality) up to date and write it (atomically) if it is behind the database.
 
         The file is compared as it is on disk, not as it is in memory: an index caught up in memory (by a search,
-        say) still has its file written."""
+        say) still has its file written. Once enough was added or removed, recall is measured again
+        (`VectorIndex.recheck`): an index that no longer reaches its target is marked, and `verify` reports it."""
         index = self.index(model_id, modality)
         built = index.info.get("built_ntotal", index.ntotal)
         if self.forced_factory is None and index.ntotal > REBUILD_GROWTH * max(built, 1) and _kind_changes(index):
             return self.rebuild(model_id, modality)
         path = self.path(model_id, modality)
-        if self._on_disk.get((model_id, modality)) != index.watermarks or not path.exists():
+        rechecked = index.due_for_recheck
+        if rechecked:
+            index.recheck()
+        if rechecked or self._on_disk.get((model_id, modality)) != index.watermarks or not path.exists():
             self._write(index, model_id, modality)
         return index
 
@@ -129,6 +133,17 @@ class IndexStore:
                 problems.append(Disagreement(model_id, modality, str(exc)))
                 continue
             self._catch_up(index, model_id, modality)
+            if index.due_for_recheck:
+                index.recheck()
+            if index.needs_rebuild:
+                problems.append(
+                    Disagreement(
+                        model_id,
+                        modality,
+                        f"{path.name} needs a rebuild ({index.info['rebuild_reason']}): "
+                        "run `lbsearch reindex` or `lbsearch verify --repair`",
+                    )
+                )
             in_index, in_db = index.ids(), self.db.vector_ids(model_id, modality)
             extra, missing = np.setdiff1d(in_index, in_db), np.setdiff1d(in_db, in_index)
             if len(extra) or len(missing):
