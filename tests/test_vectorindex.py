@@ -425,3 +425,30 @@ def test_tuning_queries_travel_with_the_file_and_recheck_after_changes(tmp_path,
         _, exact_ids = _exact_top(evaluation[kind], stored, stored_ids, 10)
         reached = _recall(index.search(evaluation[kind], 10)[1], exact_ids)
         assert reached >= 0.95 or index.needs_rebuild, kind
+
+
+def test_compressed_codes_re_ranked_with_exact_vectors(gapped):
+    media, tuning, evaluation = gapped
+    ids = np.arange(len(media)) * 5 + 1
+    stored = dict(zip(ids.tolist(), media, strict=True))
+    fetched = []
+
+    def exact_vectors(wanted: np.ndarray) -> np.ndarray:
+        fetched.append(len(wanted))
+        return np.stack([stored[int(i)] for i in wanted])
+
+    # 4-bit codes lose neighbours; re-ranking RERANK_FACTOR * k candidates with the exact vectors wins them back.
+    coarse = VectorIndex.build(media, ids, "IVF64,SQ4", tuning)
+    reranked = VectorIndex.build(media, ids, "IVF64,SQ4", tuning, exact_vectors=exact_vectors)
+    queries = evaluation["thermal (never tuned)"]
+    _, expected_ids = _exact_top(queries, media, ids, 10)
+    scores, found, _ = reranked.search_with_exactness(queries, 10)
+    assert fetched and _recall(found, expected_ids) >= 0.95
+    assert _recall(found, expected_ids) > _recall(coarse.search(queries, 10)[1], expected_ids)
+    # Scores are the exact cosines of the ids returned, best first.
+    exact_scores = np.einsum(
+        "qd,qkd->qk", queries / np.linalg.norm(queries, axis=1, keepdims=True), media[(found - 1) // 5]
+    )
+    np.testing.assert_allclose(scores, exact_scores, atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 0).all()
+    assert reranked.info["recall_at_10"] >= 0.95

@@ -40,6 +40,7 @@ import os
 import struct
 import tempfile
 import zlib
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -79,6 +80,8 @@ MIN_MAX_PROBE = 32
 PROBE_MARGINS = (0.0, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.06, 0.08, 0.12, 0.16, 0.24)
 # Recall is measured again once this fraction of the vectors was added or removed since it last was.
 RECHECK_CHANGED_FRACTION = 0.1
+# With exact vectors to re-rank from, a search fetches this many times k candidates from the (compressed) codes.
+RERANK_FACTOR = 4
 # A recheck that needs more than this many times the lists the build needed says the index needs a rebuild: the
 # lists no longer fit the data, and searches have become that much slower.
 REBUILD_PROBE_GROWTH = 2.0
@@ -149,6 +152,9 @@ class VectorIndex:
         self._device_index: faiss.Index | None = None
         self.watermarks = dict(DEFAULT_WATERMARKS if watermarks is None else watermarks)
         self._tuning_queries = dict(tuning_queries or {})
+        # ids [m] -> their exact float32 vectors [m, dim] (the stored ones): when set, candidates found in
+        # compressed codes are re-scored with them (RERANK_FACTOR * k candidates per query).
+        self.exact_vectors: Callable[[np.ndarray], np.ndarray] | None = None
 
     @classmethod
     def build(
@@ -159,6 +165,7 @@ class VectorIndex:
         recall_queries: np.ndarray | dict[str, np.ndarray] | None = None,
         recall_target: float = DEFAULT_RECALL_TARGET,
         adaptive: bool = True,
+        exact_vectors: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> VectorIndex:
         """Index `vectors` [n, dim] under `ids` [n].
 
@@ -170,7 +177,8 @@ class VectorIndex:
         vectors, so text queries would spend their probes on empty lists (measured on clustered synthetic data
         with a modality gap, 20k 64-d: text recall@10 at nprobe 16 fell from 1.00 to 0.04).
         `adaptive=False` gives an IVF index one fixed nprobe for every query and no guard (the behaviour
-        before adaptive probing, kept for comparison in benchmarks/index.py).
+        before adaptive probing, kept for comparison in benchmarks/index.py). `exact_vectors` sets the
+        attribute of that name before tuning, so that tuning measures the re-ranked search.
         """
         vectors = _unit_rows(vectors, None, "vectors")
         dim = vectors.shape[1]
@@ -198,6 +206,7 @@ class VectorIndex:
         if device_index is not cpu_index:
             cpu_index = faiss.index_gpu_to_cpu(device_index)
         built = cls(cpu_index, {"factory": factory, "dim": dim, "metric": "inner_product"})
+        built.exact_vectors = exact_vectors
         built._info["recall_target"] = recall_target
         if _is_approximate(cpu_index) and len(vectors):
             built._tuning_queries = _tuning_sample(vectors, query_kinds)
@@ -305,14 +314,35 @@ class VectorIndex:
         searched_k = min(k, self.ntotal)
         if searched_k == 0 or len(queries) == 0:
             return Searched(scores, found, exact)
+        fetched = self._fetch_count(searched_k)
+        candidate_scores = np.full((len(queries), fetched), -np.inf, dtype=np.float32)
+        candidates = np.full((len(queries), fetched), -1, dtype=np.int64)
         if "probe_margin" in self._info:
-            exact = self._adaptive_search(queries, searched_k, scores, found)
+            exact = self._adaptive_search(queries, fetched, candidate_scores, candidates)
         else:
             if self._device_index is None:
                 self._device_index = on_compute_device(self._index)
-            scores[:, :searched_k], found[:, :searched_k] = self._device_index.search(queries, searched_k)
+            candidate_scores[:], candidates[:] = self._device_index.search(queries, fetched)
+        if self.exact_vectors is not None:
+            candidate_scores, candidates = self._reranked(queries, candidates)
+        scores[:, :searched_k], found[:, :searched_k] = candidate_scores[:, :searched_k], candidates[:, :searched_k]
         scores[found < 0] = -np.inf
         return Searched(scores, found, exact)
+
+    def _fetch_count(self, k: int) -> int:
+        return min(self.ntotal, RERANK_FACTOR * k) if self.exact_vectors is not None else k
+
+    def _reranked(self, queries: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates re-scored with their exact vectors and sorted, best first (-1 / -inf slots last)."""
+        valid = candidates >= 0
+        wanted = np.unique(candidates[valid])
+        vectors = _unit_rows(self.exact_vectors(wanted), self.dim, "exact vectors")
+        rows = np.searchsorted(wanted, np.where(valid, candidates, wanted[0] if len(wanted) else 0))
+        scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
+        if len(wanted):
+            scores[valid] = np.einsum("qd,qcd->qc", queries, vectors[rows])[valid]
+        order = np.argsort(-scores, axis=1, kind="stable")
+        return np.take_along_axis(scores, order, axis=1), np.take_along_axis(candidates, order, axis=1)
 
     def write(self, path: str | Path) -> None:
         """Write index, info, watermarks and tuning queries to one file, atomically: a failure leaves any old
@@ -515,7 +545,10 @@ class VectorIndex:
         """The ids the adaptive rule finds, without the guard (tuning measures the approximate search itself),
         on the CPU index."""
         probed = self._probed_lists(centroid_scores, lists)
-        return self._probe_lists(self._index, queries, k, probed, centroid_scores)[1]
+        candidates = self._probe_lists(self._index, queries, self._fetch_count(k), probed, centroid_scores)[1]
+        if self.exact_vectors is not None:
+            candidates = self._reranked(queries, candidates)[1]
+        return candidates[:, :k]
 
     def _probe_lists(
         self, searched: faiss.Index, queries: np.ndarray, k: int, probed: np.ndarray, centroid_scores: np.ndarray
