@@ -196,3 +196,24 @@ def test_remove_forgets_files_in_every_index(tmp_path: Path, indexed: Library, d
         assert not {vector_id for key, vector_id in doomed.items() if key[2] == "audio"} & set(audio_ids.tolist())
         assert_consistent(reopened)
     assert media_files(root / "videos") == videos  # the files themselves stay
+
+
+def test_ivf_is_tuned_on_every_modality_of_the_model_set_and_hits_say_how_they_were_searched(
+    tmp_path: Path, indexed: Library, database_url: str
+):
+    index = indexed.folder
+    run(command(index, database_url, "remove", str(tmp_path / "library" / "scenes" / "thermal")), 0)
+    rebuilt = json.loads(run(command(index, database_url, "reindex", "--factory", "IVF2,Flat", "--json"), 0))
+    by_modality = {entry["modality"]: entry for entry in rebuilt}
+    assert "thermal" not in by_modality and len(by_modality) == 4
+    for modality, entry in by_modality.items():
+        # Text, every other indexed modality's vectors, and thermal (no vectors) through its encoder's probes.
+        others = {other for other in by_modality if other != modality}
+        assert set(entry["recall_at_10_by_query"]) == {"indexed", "text", "thermal probes"} | others
+        assert entry["factory"] == "IVF2,Flat" and "probe_margin" in entry and "guard_floor" in entry
+    hits = json.loads(run(command(index, database_url, "search", "a red circle", "--in", "image", "--json"), 0))
+    assert hits and all(isinstance(hit["exact"], bool) for hit in hits)
+    run(command(index, database_url, "reindex", "--factory", "", "--json"), 0)
+    hits = json.loads(run(command(index, database_url, "search", "a red circle", "--in", "image", "--json"), 0))
+    assert hits and all(hit["exact"] is True for hit in hits)
+    assert run(command(index, database_url, "verify"), 0)
