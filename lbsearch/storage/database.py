@@ -42,7 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from lbsearch.errors import LbsearchError
+from lbsearch.errors import LbsearchError, VectorIndexError
 from lbsearch.modalities import MODALITIES, lookup
 from lbsearch.storage.records import (
     EMBEDDING_DTYPE,
@@ -529,6 +529,21 @@ class Database:
             return np.empty((0, self.model(model_id).dim), np.float32)
         return np.stack([embedding for _, embedding in rows])
 
+    def embeddings_by_id(self, vector_ids: np.ndarray) -> np.ndarray:
+        """The stored embeddings of ``vector_ids`` (at least one), float32 [n, dim], in the order given;
+        VectorIndexError names ids that are not stored (an index out of step: `lbsearch verify --repair`)."""
+        found: dict[int, np.ndarray] = {}
+        for chunk in _chunks(np.asarray(vector_ids).tolist()):
+            found.update(
+                (info.vector_id, embedding) for info, embedding in self._vectors(Vector.id.in_(chunk), embeddings=True)
+            )
+        missing = [int(i) for i in vector_ids if int(i) not in found]
+        if missing:
+            raise VectorIndexError(
+                f"{len(missing)} vector ids are not stored, e.g. {missing[:5]}: run `lbsearch verify --repair`"
+            )
+        return np.stack([found[int(i)] for i in vector_ids])
+
     def _vectors(
         self, *conditions: ColumnElement[bool], embeddings: bool = False
     ) -> list[tuple[VectorInfo, np.ndarray | None]]:
@@ -616,7 +631,6 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(connection: Any) -> None:
         writer = connection.get_execution_options().get("lbsearch_writer", False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
-
 
 
 def _model_record(model: Model) -> ModelRecord:

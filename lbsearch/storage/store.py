@@ -19,7 +19,7 @@ import numpy as np
 from lbsearch.errors import IndexFileError
 from lbsearch.storage.database import Database
 from lbsearch.storage.records import Watermark
-from lbsearch.storage.vectorindex import EXACT_FACTORY, VectorIndex, choose_factory
+from lbsearch.storage.vectorindex import EXACT_FACTORY, VectorIndex, choose_factory, compresses
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ class IndexStore:
         index = self._open.get(key)
         if index is None:
             index = self._read_or_rebuild(model_id, modality)
+            if index.compressed:
+                index.exact_vectors = self.db.embeddings_by_id
         self._catch_up(index, model_id, modality)
         self._open[key] = index
         return index
@@ -111,7 +113,9 @@ class IndexStore:
             # Exact search needs no tuning; skipping the queries spares encoding them (and loading a text tower).
             tuned = self.recall_queries is not None and factory != EXACT_FACTORY
             queries = self.recall_queries(model_id, modality) if tuned else None
-            index = VectorIndex.build(vectors, ids, factory=factory, recall_queries=queries)
+            # Compressed codes re-rank their candidates with the stored vectors (tuning measures it so).
+            exact_vectors = self.db.embeddings_by_id if compresses(factory, dim) else None
+            index = VectorIndex.build(vectors, ids, factory, queries, exact_vectors=exact_vectors)
         index.watermarks = {"max_vector_id": mark.max_vector_id, "delete_seq": mark.delete_seq}
         self._catch_up(index, model_id, modality)
         self._write(index, model_id, modality)

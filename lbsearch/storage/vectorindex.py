@@ -107,6 +107,12 @@ def approximate_factory(n: int, dim: int) -> str:
     return f"IVF{nlist},{codec}"
 
 
+def compresses(factory: str, dim: int) -> bool:
+    """Whether indexes made from `factory` keep lossy codes: their candidates are worth re-ranking with the exact
+    vectors (`VectorIndex.exact_vectors`)."""
+    return _lossy(_core(_new_index(factory, dim)))
+
+
 def on_compute_device(index: faiss.Index, num_gpus: int | None = None) -> faiss.Index:
     """The index to build and search with: a copy on the GPU(s) when there are any, else `index` itself.
 
@@ -245,6 +251,11 @@ class VectorIndex:
         return {**self._info, "ntotal": self.ntotal}
 
     @property
+    def compressed(self) -> bool:
+        """Whether the index keeps lossy codes (scalar or product quantised) rather than the float vectors."""
+        return _lossy(_core(self._index))
+
+    @property
     def needs_rebuild(self) -> bool:
         """Whether tuning or the last `recheck` found recall below the target, or reached it only with more than
         REBUILD_PROBE_GROWTH times the lists the build needed; info["rebuild_reason"] says which."""
@@ -335,12 +346,13 @@ class VectorIndex:
     def _reranked(self, queries: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Candidates re-scored with their exact vectors and sorted, best first (-1 / -inf slots last)."""
         valid = candidates >= 0
+        scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
+        if not valid.any():
+            return scores, candidates
         wanted = np.unique(candidates[valid])
         vectors = _unit_rows(self.exact_vectors(wanted), self.dim, "exact vectors")
-        rows = np.searchsorted(wanted, np.where(valid, candidates, wanted[0] if len(wanted) else 0))
-        scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
-        if len(wanted):
-            scores[valid] = np.einsum("qd,qcd->qc", queries, vectors[rows])[valid]
+        rows = np.searchsorted(wanted, np.where(valid, candidates, wanted[0]))
+        scores[valid] = np.einsum("qd,qcd->qc", queries, vectors[rows])[valid]
         order = np.argsort(-scores, axis=1, kind="stable")
         return np.take_along_axis(scores, order, axis=1), np.take_along_axis(candidates, order, axis=1)
 
@@ -593,6 +605,10 @@ class VectorIndex:
         rebuilt.add_with_ids(vectors, kept)
         self._index = rebuilt
         return len(stored) - len(kept)
+
+
+def _lossy(core: faiss.Index) -> bool:
+    return not isinstance(core, (faiss.IndexFlat, faiss.IndexIVFFlat, faiss.IndexHNSWFlat))
 
 
 def _is_approximate(index: faiss.Index) -> bool:
