@@ -110,7 +110,8 @@ def approximate_factory(n: int, dim: int) -> str:
 def compresses(factory: str, dim: int) -> bool:
     """Whether indexes made from `factory` keep lossy codes: their candidates are worth re-ranking with the exact
     vectors (`VectorIndex.exact_vectors`)."""
-    return _lossy(_core(_new_index(factory, dim)))
+    index = _new_index(factory, dim)  # kept alive while its inner indexes are looked at
+    return _lossy(_core(index))
 
 
 def on_compute_device(index: faiss.Index, num_gpus: int | None = None) -> faiss.Index:
