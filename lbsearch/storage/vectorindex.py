@@ -492,7 +492,7 @@ class VectorIndex:
             held_out_margins[held_out] = needed
             margin = max(margin, needed)
         recalls = recalls_at(nprobe, margin, kinds)
-        # Adds and deletes can move neighbours to other lists: widen the margin until the target holds again.
+        # Should nprobe and the margin together still miss the target (after adds and deletes, say), widen.
         for wider in (m for m in PROBE_MARGINS if m > margin):
             if min(recalls.values()) >= target:
                 break
