@@ -71,9 +71,7 @@ class IndexStore:
         key = (model_id, modality)
         index = self._open.get(key)
         if index is None:
-            index = self._read_or_rebuild(model_id, modality)
-            if index.compressed:
-                index.exact_vectors = self.db.embeddings_by_id
+            index = self._with_exact_vectors(self._read_or_rebuild(model_id, modality))
         self._catch_up(index, model_id, modality)
         self._open[key] = index
         return index
@@ -136,7 +134,7 @@ class IndexStore:
             except IndexFileError as exc:
                 problems.append(Disagreement(model_id, modality, str(exc)))
                 continue
-            self._catch_up(index, model_id, modality)
+            self._catch_up(self._with_exact_vectors(index), model_id, modality)
             if index.due_for_recheck:
                 index.recheck()
             if index.needs_rebuild:
@@ -189,6 +187,12 @@ class IndexStore:
             cached = (mark, self.db.sample_vectors(model_id, modality, size))
             self._background[(model_id, modality)] = cached
         return cached[1]
+
+    def _with_exact_vectors(self, index: VectorIndex) -> VectorIndex:
+        """`index`, re-ranking with the stored vectors if it keeps compressed codes."""
+        if index.compressed:
+            index.exact_vectors = self.db.embeddings_by_id
+        return index
 
     def _read_or_rebuild(self, model_id: int, modality: str) -> VectorIndex:
         path = self.path(model_id, modality)
