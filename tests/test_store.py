@@ -219,12 +219,14 @@ def test_ivf_is_tuned_on_every_modality_of_the_model_set_and_hits_say_how_they_w
     assert run(command(index, database_url, "verify"), 0)
 
 
-def test_compressed_codes_are_re_ranked_with_the_stored_vectors(indexed: Library, database_url: str):
+def test_compressed_codes_are_re_ranked_with_the_stored_vectors(
+    indexed: Library, models: dict[str, str], database_url: str
+):
     index = indexed.folder
     search = command(index, database_url, "search", "a red circle", "--in", "image", "-k", "3", "--json")
     exact_hits = json.loads(run(search, 0))
     run(command(index, database_url, "reindex", "--factory", "IVF2,SQ4", "--json"), 0)
-    with open_library(index, database_url) as reopened:
+    with open_library(index, database_url, models) as reopened:
         stored = reopened.store.index(reopened.model_id("image"), "image")
         assert stored.compressed and stored.exact_vectors is not None
     # 4-bit codes alone would shift every cosine; re-ranked with the stored vectors, the scores are exact again.
