@@ -15,6 +15,7 @@ verify work; what writes (add, remove, reindex, repair, use_models) raises `Read
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,20 @@ if TYPE_CHECKING:  # ingestion imports the media readers (seconds), which search
     from lbsearch.ingest.scan import ScanRoot
 
 DEFAULT_INDEX = "indexes"
+# Approximate indexes are tuned on text prompts about these (comma-separated), in the first TUNING_TEMPLATES
+# templates of the indexed modality: everyday subjects, places, sounds and weather, so that tuning spans more of
+# the text region than the words of any one library.
+TUNING_VOCABULARY = (
+    "person, child, crowd, dog, cat, bird, horse, fish, car, bus, train, bicycle, airplane, boat, street, "
+    "city at night, forest, beach, mountain, river, kitchen, office, classroom, stadium, concert, music, guitar, "
+    "piano, drums, speech, laughter, applause, engine, siren, rain, thunder, wind, snow, fire, water, food, "
+    "cooking, dancing, running, swimming, football, phone, computer, book, chair, door, window, tree, flower, "
+    "sky, sunset, shadow, a hot object, a cold room, a close-up face"
+)
+TUNING_TEMPLATES = 4
+# Stored vectors per other modality, and encoder probes per modality without vectors, to tune on.
+TUNING_SAMPLE = 200
+ENCODER_PROBES = 24
 
 
 def default_index_folder() -> Path:
@@ -131,21 +146,30 @@ class Library:
         """The database id of the set's model for ``modality`` (registered when it first indexed something)."""
         return self.model_set.model_id(modality)
 
-    def _recall_queries(self, model_id: int, modality: str) -> np.ndarray | None:
-        """Queries to tune approximate indexes on: text prompts, and stored vectors of the other modalities
-        (emergent X->Y queries land in their own regions of the space, away from both text and the index)."""
+    def _recall_queries(self, model_id: int, modality: str) -> dict[str, np.ndarray] | None:
+        """Queries to tune approximate indexes on, by kind: text prompts over a broad vocabulary, and for every
+        other modality of the model set its stored vectors or, where it has none yet, probes its encoder makes
+        of toy-world scenes (emergent X->Y queries land in their own regions of the space, away from both text
+        and the index, and a modality indexed later must not find an index that never saw its queries)."""
         from lbsearch.search.templates import prompts_for, templates_for
 
         record = self.db.model(model_id)
         if self.models.get(modality) != record.name:
             return None
-        names = ["person", "dog", "car", "music", "rain", "city street", "beach", "kitchen", "night", "crowd"]
-        prompts = [p for name in names for p in prompts_for(name, templates_for(modality)[:10])]
-        queries = [self.encoder(modality, text_only=True).encode_text(prompts).numpy()]
-        for other_id, other in self.db.vector_groups():
-            if other != modality and self.db.model(other_id).dim == record.dim:
-                queries.append(self.db.sample_vectors(other_id, other, 100))
-        return np.concatenate(queries)
+        templates = templates_for(modality)[:TUNING_TEMPLATES]
+        prompts = [prompt for name in TUNING_VOCABULARY.split(", ") for prompt in prompts_for(name, templates)]
+        queries = {"text": self.encoder(modality, text_only=True).encode_text(prompts).numpy()}
+        stored = {
+            other: other_id
+            for other_id, other in self.db.vector_groups()
+            if other != modality and self.db.model(other_id).dim == record.dim
+        }
+        for other in self.models:
+            if other in stored:
+                queries[other] = self.db.sample_vectors(stored[other], other, TUNING_SAMPLE)
+            elif other != modality and (encoder := self.encoder(other)).dim == record.dim:
+                queries[f"{other} probes"] = _encoder_probes(encoder)
+        return queries
 
     # ---------------------------------------------------------------------------------------- ingestion
 
@@ -289,3 +313,17 @@ class Library:
         """Zero-shot labels for indexed files of ``modality`` (official prompt templates): ``{file_id: [(label,
         probability), ...]}``."""
         return self.engine.classify(class_names, modality, file_ids, k)
+
+
+def _encoder_probes(encoder: Encoder) -> np.ndarray:
+    """Embeddings of ENCODER_PROBES toy-world scenes written as files of the encoder's modality: what it makes
+    of real inputs of its kind, for a modality with no vectors in the library."""
+    from lbsearch.toyworld.render import LibraryLayout, write_scene
+    from lbsearch.toyworld.world import World
+
+    layout = LibraryLayout(modalities=(encoder.modality,), mux_audio=False)
+    with tempfile.TemporaryDirectory() as folder:
+        scenes = World().scenes("train", ENCODER_PROBES)
+        paths = [write_scene(scene, folder, layout=layout)[encoder.modality] for scene in scenes]
+        batch = torch.stack([encoder.preprocess(path) for path in paths])
+        return encoder.encode(batch, batch_size=8).numpy()

@@ -196,3 +196,40 @@ def test_remove_forgets_files_in_every_index(tmp_path: Path, indexed: Library, d
         assert not {vector_id for key, vector_id in doomed.items() if key[2] == "audio"} & set(audio_ids.tolist())
         assert_consistent(reopened)
     assert media_files(root / "videos") == videos  # the files themselves stay
+
+
+def test_ivf_is_tuned_on_every_modality_of_the_model_set_and_hits_say_how_they_were_searched(
+    tmp_path: Path, indexed: Library, database_url: str
+):
+    index = indexed.folder
+    run(command(index, database_url, "remove", str(tmp_path / "library" / "scenes" / "thermal")), 0)
+    rebuilt = json.loads(run(command(index, database_url, "reindex", "--factory", "IVF2,Flat", "--json"), 0))
+    by_modality = {entry["modality"]: entry for entry in rebuilt}
+    assert "thermal" not in by_modality and len(by_modality) == 4
+    for modality, entry in by_modality.items():
+        # Text, every other indexed modality's vectors, and thermal (no vectors) through its encoder's probes.
+        others = {other for other in by_modality if other != modality}
+        assert set(entry["recall_at_10_by_query"]) == {"indexed", "text", "thermal probes"} | others
+        assert entry["factory"] == "IVF2,Flat" and "probe_margin" in entry and "guard_floor" in entry
+    hits = json.loads(run(command(index, database_url, "search", "a red circle", "--in", "image", "--json"), 0))
+    assert hits and all(isinstance(hit["exact"], bool) for hit in hits)
+    run(command(index, database_url, "reindex", "--factory", "", "--json"), 0)
+    hits = json.loads(run(command(index, database_url, "search", "a red circle", "--in", "image", "--json"), 0))
+    assert hits and all(hit["exact"] is True for hit in hits)
+    assert run(command(index, database_url, "verify"), 0)
+
+
+def test_compressed_codes_are_re_ranked_with_the_stored_vectors(
+    indexed: Library, models: dict[str, str], database_url: str
+):
+    index = indexed.folder
+    search = command(index, database_url, "search", "a red circle", "--in", "image", "-k", "3", "--json")
+    exact_hits = json.loads(run(search, 0))
+    run(command(index, database_url, "reindex", "--factory", "IVF2,SQ4", "--json"), 0)
+    with open_library(index, database_url, models) as reopened:
+        stored = reopened.store.index(reopened.model_id("image"), "image")
+        assert stored.compressed and stored.exact_vectors is not None
+    # 4-bit codes alone would shift every cosine; re-ranked with the stored vectors, the scores are exact again.
+    hits = json.loads(run(search, 0))
+    assert [hit["path"] for hit in hits] == [hit["path"] for hit in exact_hits]
+    np.testing.assert_allclose([hit["score"] for hit in hits], [hit["score"] for hit in exact_hits], atol=1e-5)

@@ -9,7 +9,7 @@ import faiss
 import numpy as np
 import pytest
 
-from benchmarks.index import clustered_library
+from benchmarks.index import clustered_library, gapped_library
 from lbsearch.errors import IndexFileError, LbsearchError, VectorIndexError
 from lbsearch.storage.vectorindex import (
     EXACT_FACTORY,
@@ -142,9 +142,11 @@ def test_text_queries_raise_nprobe_past_what_media_queries_need(library, ivf_ind
     assert set(media_only.info["recall_at_10_by_query"]) == {"indexed"}
     assert media_only.info["nprobe"] < ivf_index.info["nprobe"]
     _, exact_ids = _exact_top(text[200:], media, _ids(len(media)), 10)
-    assert _recall(media_only.search(text[200:], 10)[1], exact_ids) < _recall(
-        ivf_index.search(text[200:], 10)[1], exact_ids
-    )
+    # Tuned on media alone, the index never saw a text query: its guard scans every one of them exactly.
+    unseen = media_only.search_with_exactness(text[200:], 10)
+    assert unseen.exact.all() and _recall(unseen.ids, exact_ids) == 1.0
+    tuned = ivf_index.search_with_exactness(text[200:], 10)
+    assert tuned.exact.mean() < 0.1 and _recall(tuned.ids, exact_ids) >= 0.95
 
 
 def test_recall_target_sets_how_far_nprobe_goes(library, ivf_index):
@@ -336,3 +338,117 @@ def test_gpu_copy_is_used_for_search_and_refreshed_after_changes(monkeypatch):
     index.add_with_ids(media[1_500:], np.arange(1_500, 2_000))
     assert index.search(media[1_900:1_901], 1)[1][0, 0] == 1_900
     assert len(gpus.calls) == 3
+
+
+# ------------------------------------------------------------------------ adaptive probing and its guard (issue 14)
+
+
+@pytest.fixture(scope="module")
+def gapped():
+    """8k 128-d video vectors with a modality gap, tuning queries of four kinds, evaluation queries of seven."""
+    return gapped_library(8_000, 128, 100, seed=4)
+
+
+@pytest.fixture(scope="module")
+def gapped_index(gapped) -> VectorIndex:
+    media, tuning, _ = gapped
+    return VectorIndex.build(media, np.arange(len(media)), "IVF128,Flat", tuning)
+
+
+def test_recall_holds_for_every_query_kind_including_one_absent_from_tuning(gapped, gapped_index):
+    media, tuning, evaluation = gapped
+    info = gapped_index.info
+    assert set(info["recall_at_10_by_query"]) == set(tuning)
+    assert set(info["probe_margin_by_held_out_kind"]) == set(tuning)
+    assert info["recall_at_10"] >= 0.95 and not gapped_index.needs_rebuild
+    assert "thermal (never tuned)" not in tuning
+    ids = np.arange(len(media))
+    for kind, queries in evaluation.items():
+        _, exact_ids = _exact_top(queries, media, ids, 10)
+        searched = gapped_index.search_with_exactness(queries, 10)
+        assert _recall(searched.ids, exact_ids) >= 0.95, kind
+        # Most queries of every kind stay approximate: the guard is not a disguised exact scan.
+        assert searched.exact.mean() < 0.5, kind
+
+
+def test_guard_sends_a_query_outside_the_tuning_to_an_exact_scan(gapped, gapped_index):
+    media, tuning, evaluation = gapped
+    # A direction no tuning query came near: orthogonal to the media's mean, so every centroid scores about 0.
+    rng = np.random.default_rng(11)
+    outside = rng.standard_normal((5, media.shape[1])).astype(np.float32)
+    mean = media.mean(axis=0) / np.linalg.norm(media.mean(axis=0))
+    outside -= (outside @ mean)[:, None] * mean
+    outside /= np.linalg.norm(outside, axis=1, keepdims=True)
+    info = gapped_index.info
+    core = faiss.downcast_index(gapped_index._index)
+    assert (core.quantizer.search(outside, 1)[0][:, 0] < info["guard_floor"]).all()
+    searched = gapped_index.search_with_exactness(outside, 10)
+    expected_scores, expected_ids = _exact_top(outside, media, np.arange(len(media)), 10)
+    assert searched.exact.all()
+    np.testing.assert_array_equal(searched.ids, expected_ids)
+    np.testing.assert_allclose(searched.scores, expected_scores, atol=1e-5)
+    # Tuning queries themselves are inside what tuning saw: searched approximately.
+    assert not gapped_index.search_with_exactness(tuning["text"], 10).exact.any()
+    assert not gapped_index.search_with_exactness(evaluation["indexed"], 10).exact.all()
+
+
+def test_flat_indexes_report_exact_search_and_fixed_nprobe_has_no_guard(gapped):
+    media, tuning, evaluation = gapped
+    assert VectorIndex.build(media[:500], np.arange(500)).search_with_exactness(media[:3], 2).exact.all()
+    fixed = VectorIndex.build(media, np.arange(len(media)), "IVF128,Flat", tuning, adaptive=False)
+    assert "probe_margin" not in fixed.info and "guard_floor" not in fixed.info
+    assert not fixed.search_with_exactness(evaluation["thermal (never tuned)"], 10).exact.any()
+
+
+def test_tuning_queries_travel_with_the_file_and_recheck_after_changes(tmp_path, gapped, gapped_index):
+    media, tuning, evaluation = gapped
+    path = tmp_path / "gapped.lbsidx"
+    gapped_index.write(path)
+    index = VectorIndex.read(path)
+    assert index.info == gapped_index.info
+    queries = evaluation["text, new concepts"]
+    np.testing.assert_array_equal(index.search(queries, 10)[1], gapped_index.search(queries, 10)[1])
+    ids = np.arange(len(media))
+    # Deletes: a third of the vectors go; adds: new videos of the same world. Recall holds after the recheck.
+    removed = ids[::3]
+    index.remove_ids(removed)
+    fresh = evaluation["uploads"]
+    fresh_ids = np.arange(100_000, 100_000 + len(fresh))
+    index.add_with_ids(fresh, fresh_ids)
+    assert index.due_for_recheck
+    recalls = index.recheck()
+    assert not index.due_for_recheck and set(recalls) == set(tuning)
+    kept = np.ones(len(ids), dtype=bool)
+    kept[removed] = False
+    stored, stored_ids = np.concatenate([media[kept], fresh]), np.concatenate([ids[kept], fresh_ids])
+    for kind in ("text, new concepts", "thermal (never tuned)", "uploads"):
+        _, exact_ids = _exact_top(evaluation[kind], stored, stored_ids, 10)
+        reached = _recall(index.search(evaluation[kind], 10)[1], exact_ids)
+        assert reached >= 0.95 or index.needs_rebuild, kind
+
+
+def test_compressed_codes_re_ranked_with_exact_vectors(gapped):
+    media, tuning, evaluation = gapped
+    ids = np.arange(len(media)) * 5 + 1
+    stored = dict(zip(ids.tolist(), media, strict=True))
+    fetched = []
+
+    def exact_vectors(wanted: np.ndarray) -> np.ndarray:
+        fetched.append(len(wanted))
+        return np.stack([stored[int(i)] for i in wanted])
+
+    # 4-bit codes lose neighbours; re-ranking RERANK_FACTOR * k candidates with the exact vectors wins them back.
+    coarse = VectorIndex.build(media, ids, "IVF64,SQ4", tuning)
+    reranked = VectorIndex.build(media, ids, "IVF64,SQ4", tuning, exact_vectors=exact_vectors)
+    queries = evaluation["thermal (never tuned)"]
+    _, expected_ids = _exact_top(queries, media, ids, 10)
+    scores, found, _ = reranked.search_with_exactness(queries, 10)
+    assert fetched and _recall(found, expected_ids) >= 0.95
+    assert _recall(found, expected_ids) > _recall(coarse.search(queries, 10)[1], expected_ids)
+    # Scores are the exact cosines of the ids returned, best first.
+    exact_scores = np.einsum(
+        "qd,qkd->qk", queries / np.linalg.norm(queries, axis=1, keepdims=True), media[(found - 1) // 5]
+    )
+    np.testing.assert_allclose(scores, exact_scores, atol=1e-5)
+    assert (np.diff(scores, axis=1) <= 0).all()
+    assert reranked.info["recall_at_10"] >= 0.95

@@ -72,10 +72,13 @@ class SearchEngine:
         per_modality: dict[str, dict[Any, tuple[float, VectorInfo]]] = {}
         calibrators: dict[str, Calibrator] = {}
         queries: dict[str, np.ndarray] = {}
+        searched_exactly = True
         for modality in targets:
             query = self.query_vector(request.parts, modality)
             queries[modality] = query
-            per_modality[modality] = self._search_one(model_ids[modality], modality, query, wanted, group, filters)
+            found, exact = self._search_one(model_ids[modality], modality, query, wanted, group, filters)
+            per_modality[modality] = found
+            searched_exactly &= exact
             calibrators[modality] = self._calibrator(model_ids[modality], modality, query, request.kind)
         if len(targets) > 1 and group != "segment":
             self._fill_missing(model_ids, per_modality, queries, filters)
@@ -127,6 +130,7 @@ class SearchEngine:
                     calibrated,
                     dict(fused_hit.contributions),
                     matches,
+                    searched_exactly,
                 )
             )
         return hits[request.offset : wanted]
@@ -219,14 +223,15 @@ class SearchEngine:
 
     def _search_one(
         self, model_id: int, modality: str, query: np.ndarray, wanted: int, group: str, filters: Filters
-    ) -> dict[Any, tuple[float, VectorInfo]]:
-        """Best cosine (and its vector) per group key, for at least ``wanted`` groups passing the filters."""
+    ) -> tuple[dict[Any, tuple[float, VectorInfo]], bool]:
+        """Best cosine (and its vector) per group key, for at least ``wanted`` groups passing the filters, and
+        whether the index searched exactly."""
         index = self.store.index(model_id, modality)
         if index.ntotal == 0:
-            return {}
+            return {}, True
         fetch = min(index.ntotal, max(32, OVERFETCH * wanted))
         while True:
-            scores, ids = index.search(query[None], fetch)
+            scores, ids, exact = index.search_with_exactness(query[None], fetch)
             valid = ids[0] >= 0
             infos = self.db.describe_vectors(ids[0][valid].tolist())
             allowed = self._allowed_files({i.file_id for i in infos.values()}, filters)
@@ -239,7 +244,7 @@ class SearchEngine:
                 if key not in best:
                     best[key] = (float(score), info)
             if len(best) >= wanted or fetch >= index.ntotal:
-                return best
+                return best, bool(exact[0])
             fetch = min(index.ntotal, fetch * 4)
 
     def _fill_missing(

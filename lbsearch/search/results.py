@@ -36,6 +36,9 @@ class Hit:
     calibrated: float  # z-score against the query's background (weighted over modalities for joint hits)
     parts: dict[str, float]  # modality -> contribution to ``score``
     matches: dict[str, Match]
+    # Whether every index search behind the hit compared the query with all stored vectors; False when an
+    # approximate index (tuned to recall@10 >= its target) found the candidates.
+    exact: bool
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -50,7 +50,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from lbsearch import paths
-from lbsearch.errors import LbsearchError, ReadOnlyLibraryError, StorageError
+from lbsearch.errors import LbsearchError, ReadOnlyLibraryError, StorageError, VectorIndexError
 from lbsearch.modalities import MODALITIES, lookup
 from lbsearch.storage import schema
 from lbsearch.storage.records import (
@@ -578,6 +578,21 @@ class Database:
         if not rows:
             return np.empty((0, self.model(model_id).dim), np.float32)
         return np.stack([embedding for _, embedding in rows])
+
+    def embeddings_by_id(self, vector_ids: np.ndarray) -> np.ndarray:
+        """The stored embeddings of ``vector_ids`` (at least one), float32 [n, dim], in the order given;
+        VectorIndexError names ids that are not stored (an index out of step: `lbsearch verify --repair`)."""
+        found: dict[int, np.ndarray] = {}
+        for chunk in _chunks(np.asarray(vector_ids).tolist()):
+            found.update(
+                (info.vector_id, embedding) for info, embedding in self._vectors(Vector.id.in_(chunk), embeddings=True)
+            )
+        missing = [int(i) for i in vector_ids if int(i) not in found]
+        if missing:
+            raise VectorIndexError(
+                f"{len(missing)} vector ids are not stored, e.g. {missing[:5]}: run `lbsearch verify --repair`"
+            )
+        return np.stack([found[int(i)] for i in vector_ids])
 
     def _vectors(
         self, *conditions: ColumnElement[bool], embeddings: bool = False

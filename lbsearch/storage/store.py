@@ -23,7 +23,7 @@ import numpy as np
 from lbsearch.errors import IndexFileError
 from lbsearch.storage.database import Database
 from lbsearch.storage.records import Watermark
-from lbsearch.storage.vectorindex import EXACT_FACTORY, VectorIndex, choose_factory
+from lbsearch.storage.vectorindex import EXACT_FACTORY, VectorIndex, choose_factory, compresses
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +45,15 @@ class Disagreement:
 class IndexStore:
     """The FAISS indexes of one library: one file per (model, modality) under ``folder/faiss``.
 
-    ``recall_queries(model_id, modality)`` may supply text embeddings to tune approximate indexes on the
-    queries users actually send (see `VectorIndex.build`).
+    ``recall_queries(model_id, modality)`` may supply queries by kind (text embeddings, other modalities'
+    vectors) to tune approximate indexes on the queries users actually send (see `VectorIndex.build`).
     """
 
     def __init__(
         self,
         db: Database,
         folder: str | Path,
-        recall_queries: Callable[[int, str], np.ndarray | None] | None = None,
+        recall_queries: Callable[[int, str], np.ndarray | dict[str, np.ndarray] | None] | None = None,
     ):
         self.db = db
         self.folder = Path(folder) / INDEX_FOLDER
@@ -75,7 +75,7 @@ class IndexStore:
         key = (model_id, modality)
         index = self._open.get(key)
         if index is None:
-            index = self._read_or_build(model_id, modality)
+            index = self._with_exact_vectors(self._read_or_build(model_id, modality))
         self._catch_up(index, model_id, modality)
         self._open[key] = index
         return index
@@ -84,13 +84,17 @@ class IndexStore:
         """Bring the file of (model, modality) up to date and write it (atomically) if it is behind the database.
 
         The file is compared as it is on disk, not as it is in memory: an index caught up in memory (by a search,
-        say) still has its file written."""
+        say) still has its file written. Once enough was added or removed, recall is measured again
+        (`VectorIndex.recheck`): an index that no longer reaches its target is marked, and `verify` reports it."""
         index = self.index(model_id, modality)
         built = index.info.get("built_ntotal", index.ntotal)
         if self.forced_factory is None and index.ntotal > REBUILD_GROWTH * max(built, 1) and _kind_changes(index):
             return self.rebuild(model_id, modality)
         path = self.path(model_id, modality)
-        if self._on_disk.get((model_id, modality)) != index.watermarks or not path.exists():
+        rechecked = index.due_for_recheck
+        if rechecked:
+            index.recheck()
+        if rechecked or self._on_disk.get((model_id, modality)) != index.watermarks or not path.exists():
             self._write(index, model_id, modality)
         return index
 
@@ -119,7 +123,18 @@ class IndexStore:
             except IndexFileError as exc:
                 problems.append(Disagreement(model_id, modality, str(exc)))
                 continue
-            self._catch_up(index, model_id, modality)
+            self._catch_up(self._with_exact_vectors(index), model_id, modality)
+            if index.due_for_recheck:
+                index.recheck()
+            if index.needs_rebuild:
+                problems.append(
+                    Disagreement(
+                        model_id,
+                        modality,
+                        f"{path.name} needs a rebuild ({index.info['rebuild_reason']}): "
+                        "run `lbsearch reindex` or `lbsearch verify --repair`",
+                    )
+                )
             in_index, in_db = index.ids(), self.db.vector_ids(model_id, modality)
             extra, missing = np.setdiff1d(in_index, in_db), np.setdiff1d(in_db, in_index)
             if len(extra) or len(missing):
@@ -162,6 +177,12 @@ class IndexStore:
             self._background[(model_id, modality)] = cached
         return cached[1]
 
+    def _with_exact_vectors(self, index: VectorIndex) -> VectorIndex:
+        """`index`, re-ranking with the stored vectors if it keeps compressed codes."""
+        if index.compressed:
+            index.exact_vectors = self.db.embeddings_by_id
+        return index
+
     def _read_or_build(self, model_id: int, modality: str) -> VectorIndex:
         path = self.path(model_id, modality)
         if path.exists():
@@ -203,7 +224,9 @@ class IndexStore:
             # Exact search needs no tuning; skipping the queries spares encoding them (and loading a text tower).
             tuned = self.recall_queries is not None and factory != EXACT_FACTORY
             queries = self.recall_queries(model_id, modality) if tuned else None
-            index = VectorIndex.build(vectors, ids, factory=factory, recall_queries=queries)
+            # Compressed codes re-rank their candidates with the stored vectors (tuning measures it so).
+            exact_vectors = self.db.embeddings_by_id if compresses(factory, dim) else None
+            index = VectorIndex.build(vectors, ids, factory, queries, exact_vectors=exact_vectors)
         index.watermarks = {"max_vector_id": mark.max_vector_id, "delete_seq": mark.delete_seq}
         self._catch_up(index, model_id, modality)
         self._open[(model_id, modality)] = index
