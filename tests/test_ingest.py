@@ -733,3 +733,27 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_completes(tmp_path, toy_source, toy_re
         assert report.embedded == report.plan["retry"] == len(media_files(root)) - len(ok)
         assert_consistent(library)
         assert_same_vectors(vector_table(library.db, root=root), toy_reference)
+
+
+def test_a_decoder_that_crashes_its_worker_fails_only_its_own_file(monkeypatch):
+    """A codec that kills its process (a segfault) breaks the worker pool: the pool starts again, the files that
+    were in flight are decoded again one by one, and only the one that crashes the decoder comes back failed."""
+    from lbsearch.ingest import pool as pool_module
+    from lbsearch.ingest.decode import DecodedPart
+
+    def decode_or_crash(task: DecodeTask) -> DecodedPart:
+        if task.path.endswith("crash"):
+            os.kill(os.getpid(), signal.SIGKILL)  # dies at once, as a codec that segfaults does
+        return DecodedPart(task)
+
+    monkeypatch.setattr(pool_module, "decode", decode_or_crash)  # the workers fork with it
+    names = [f"/media/{index}" for index in range(20)]
+    names.insert(12, "/media/crash")
+    todo = [DecodeTask(name, "image", {}, size=1000) for name in reversed(names)]
+    parts = []
+    with DecodePool(workers=2, max_in_flight=6) as pool:
+        for _ in pool.decoded(todo, lambda part: parts.append(part) or []):
+            pass
+    assert sorted(part.task.path for part in parts) == sorted(names)  # every file once
+    failed = {part.task.path: part.error for part in parts if part.error is not None}
+    assert list(failed) == ["/media/crash"] and "decoder crashed" in failed["/media/crash"]

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
@@ -35,18 +36,21 @@ class DecodePool:
     def __init__(self, workers: int, max_in_flight: int, niceness: int = 0):
         self.workers = workers
         self.max_in_flight = max_in_flight
-        self.executor: cf.ProcessPoolExecutor | None = None
-        if workers:
-            # fork (as PyTorch's DataLoader does on Linux): workers start at once and need no importable __main__;
-            # they never touch the encoder or the database. spawn elsewhere.
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            self.executor = cf.ProcessPoolExecutor(
-                workers,
-                mp_context=multiprocessing.get_context(method),
-                initializer=_worker_init,
-                initargs=(os.getpid(), niceness),
-            )
-            self.executor.submit(int)  # a pool forks its workers at its first call
+        self.niceness = niceness
+        self.executor: cf.ProcessPoolExecutor | None = self._start() if workers else None
+
+    def _start(self) -> cf.ProcessPoolExecutor:
+        # fork (as PyTorch's DataLoader does on Linux): workers start at once and need no importable __main__;
+        # they never touch the encoder or the database. spawn elsewhere.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        executor = cf.ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context(method),
+            initializer=_worker_init,
+            initargs=(os.getpid(), self.niceness),
+        )
+        executor.submit(int)  # a pool forks its workers at its first call
+        return executor
 
     def close(self) -> None:
         if self.executor is not None:
@@ -64,29 +68,65 @@ class DecodePool:
     def decoded(self, todo: list[DecodeTask], accept: Callable[[DecodedPart], list[DecodeTask]]) -> Iterator[int]:
         """Decode the tasks, handing each part to ``accept`` as it comes (its follow-up tasks join ``todo``), with at
         most ``max_in_flight`` tasks outstanding. Yields after each part the number of workers left with nothing to
-        do: once every task is submitted, their cores are free for encoding until the end of the run."""
+        do: once every task is submitted, their cores are free for encoding until the end of the run.
+
+        A decoder that crashes its worker process (a segfault in a codec) breaks the whole pool: the pool is
+        started again and the tasks that were in flight are tried again one at a time, so that only the file
+        that crashes the decoder is handed back failed."""
         if self.executor is None:
             while todo:
                 todo.extend(reversed(accept(decode(todo.pop()))))
                 yield 0
             return
-        running: dict[cf.Future, int] = {}  # a worker call -> the tasks in it
-        in_flight = 0
+        running: dict[cf.Future, list[DecodeTask]] = {}  # a worker call -> the tasks in it
+        suspects: list[DecodeTask] = []  # in flight when a worker died: each is tried again, alone
+        alone: set[cf.Future] = set()  # the call running a suspect
         try:
-            while todo or running:
-                while todo and in_flight < self.max_in_flight:
-                    group = self.next_group(todo)
-                    running[self.executor.submit(_decode_group, group)] = len(group)
-                    in_flight += len(group)
+            while todo or running or suspects:
+                if suspects:
+                    if not running:
+                        task = suspects.pop()
+                        future = self.executor.submit(_decode_group, [task])
+                        running[future] = [task]
+                        alone.add(future)
+                else:
+                    while todo and sum(map(len, running.values())) < self.max_in_flight:
+                        group = self.next_group(todo)
+                        running[self.executor.submit(_decode_group, group)] = group
                 done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
                 for future in done:
-                    in_flight -= running.pop(future)
-                    for part in future.result():
+                    group = running.pop(future, None)
+                    if group is None:  # dropped with a broken pool
+                        continue
+                    try:
+                        parts = future.result()
+                    except BrokenProcessPool:
+                        parts = self._after_crash(group, future in alone, running, suspects)
+                    alone.discard(future)
+                    for part in parts:
                         todo.extend(reversed(accept(part)))
-                        yield 0 if todo else self.idle_workers(running)
+                        yield 0 if todo or suspects else self.idle_workers(running)
         finally:
             for future in running:  # after Ctrl-C: calls not yet started never start
                 future.cancel()
+
+    def _after_crash(
+        self,
+        group: list[DecodeTask],
+        alone: bool,
+        running: dict[cf.Future, list[DecodeTask]],
+        suspects: list[DecodeTask],
+    ) -> list[DecodedPart]:
+        """A worker died while ``group`` was decoding (``alone``: the only call in flight): a fresh pool, and
+        the part of the file that crashed it, failed, when that is known."""
+        suspects.extend(task for tasks in running.values() for task in tasks)
+        running.clear()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.executor = self._start()
+        if alone:
+            return [DecodedPart(group[0], error="the decoder crashed on this file (its worker process died)")]
+        suspects.extend(group)
+        return []
 
     def idle_workers(self, running: Iterable[cf.Future]) -> int:
         # A finished call waiting in `done` waits on this process, not on a worker.
