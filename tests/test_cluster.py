@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ from conftest import REPO
 from ray.cluster_utils import Cluster
 from typer.testing import CliRunner
 
-from cli import app
+from lbsearch.cli import app
 from lbsearch.errors import ClusterError
 from lbsearch.ingest import cluster
 from lbsearch.ingest.decode import WINDOWS_PER_PART, WindowSpec
@@ -164,3 +166,48 @@ def test_without_the_option_ray_is_never_imported(tmp_path, models, media):
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# The `lbsearch index --ray auto` command, in a process of its own joined to the module's cluster, committing
+# every few files so that it can be killed between commits.
+_DRIVER = """
+import functools, sys
+import ray
+import lbsearch.ingest.pipeline
+from lbsearch.ingest import cluster
+ray.init(address=sys.argv.pop(1), runtime_env=cluster.worker_runtime_env(), log_to_driver=False)
+lbsearch.ingest.pipeline.IngestOptions = functools.partial(
+    lbsearch.ingest.pipeline.IngestOptions, commit_files=2, commit_seconds=60.0
+)
+from lbsearch.cli import app
+app()
+"""
+
+
+@pytest.mark.slow
+def test_the_driver_killed_mid_run_then_rerun_without_ray_indexes_every_file_once(
+    tmp_path, ray_cluster, library_root, models, local_result
+):
+    index = tmp_path / "index"
+    with open_library(index, models=models) as library:  # records the model set the command reads
+        command = [sys.executable, "-c", _DRIVER, ray_cluster.address, "index", str(library_root), "--index",
+                   str(index), "--window", "2", "--hop", "1", "--ray", "auto", "--json"]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 240
+            while sum(counts["ok"] for counts in library.db.counts()["files"].values()) < 4:
+                assert driver.poll() is None, f"the command ended before it could be killed:\n{driver.stderr.read()}"
+                assert time.monotonic() < deadline, "no commits from the Ray driver"
+                time.sleep(0.05)
+            driver.send_signal(signal.SIGKILL)
+            assert driver.wait() == -signal.SIGKILL
+        finally:
+            driver.kill()
+        # Files the killed run settled (embedded, or recorded as failed) are not done again.
+        settled = sum(counts["ok"] + counts["error"] for counts in library.db.counts()["files"].values())
+        assert 4 <= settled < len(media_files(library_root))
+        report = library.add(library_root, options=OPTIONS)
+        assert report.embedded + report.failed == len(media_files(library_root)) - settled
+        assert report.plan["unchanged"] == settled
+        assert_same_library(library, local_result)

@@ -226,7 +226,7 @@ def test_compressed_codes_are_re_ranked_with_the_stored_vectors(
     search = command(index, database_url, "search", "a red circle", "--in", "image", "-k", "3", "--json")
     exact_hits = json.loads(run(search, 0))
     run(command(index, database_url, "reindex", "--factory", "IVF2,SQ4", "--json"), 0)
-    with open_library(index, database_url, models) as reopened:
+    with open_library(index, database_url, models=models) as reopened:
         stored = reopened.store.index(reopened.model_id("image"), "image")
         assert stored.compressed and stored.exact_vectors is not None
     # 4-bit codes alone would shift every cosine; re-ranked with the stored vectors, the scores are exact again.
