@@ -157,7 +157,7 @@ def test_without_the_option_ray_is_never_imported(tmp_path, models, media):
     script = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
-        "from cli import app\n"
+        "from lbsearch.cli import app\n"
         f"result = CliRunner().invoke(app, ['index', {str(folder)!r}, '--index', {str(tmp_path / 'index')!r}, "
         f"'--model', 'image={models['image']}'])\n"
         "assert result.exit_code == 0, result.output\n"
